@@ -1,0 +1,68 @@
+"""`googlenet` command line: one subcommand per module in googlenet/commands/.
+
+Each commands/<name>.py has `register(subparsers)` that adds its parser and sets
+`func(args) -> int`; those modules import torch lazily so `--help` stays quick.
+User mistakes (UserError) end in one line on stderr and exit code 2 (1 for run errors).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Order here is the order in `googlenet --help`.
+COMMAND_MODULES = (
+    "models",  # list-models, summary, import-torchvision
+    "train",
+    "evaluate",  # eval
+    "predict",
+    "export",
+    "bench",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="googlenet",
+        description="GoogLeNet (Inception v1): build, train, evaluate, export and benchmark.",
+        epilog="Run `googlenet COMMAND --help` for a command's options. "
+        "Quick start: `googlenet train --budget 10m` trains on Fashion-MNIST.",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"googlenet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        module_name = f"googlenet.commands.{name}"
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name == module_name:  # a command not built yet
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import UserError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"googlenet {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"googlenet {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `googlenet ... | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

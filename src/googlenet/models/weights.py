@@ -1,0 +1,196 @@
+"""Weights files: safetensors with metadata enough to rebuild the model alone.
+
+Metadata keys (each value JSON-encoded): "model" (registered name), "options"
+(create_model options), and whatever the caller adds: "class_names", "input_size",
+"mean", "std", ... `load_weights(path)` returns the model with `model.meta` set.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+from ..errors import UserError
+from ..fileio import atomic_write
+
+FORMAT = "googlenet-weights/1"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class WeightsError(UserError):
+    """A weights file that is missing, unreadable or of another architecture."""
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike, **meta) -> Path:
+    """Write the model's state_dict and metadata (class_names, input_size, mean, std...)."""
+    name = getattr(model, "model_name", None)
+    if name is None:
+        raise ValueError("save_weights needs a model made by create_model")
+    header = {"format": FORMAT, "model": name, "options": model.model_options}
+    header.update(getattr(model, "meta", {}) or {})
+    header.update(meta)
+    encoded = {k: json.dumps(v) for k, v in header.items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=encoded))
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The decoded metadata of a weights file (raises WeightsError if it is not one)."""
+    path = _existing(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(_not_weights_message(path, e)) from None
+    try:
+        meta = {k: json.loads(v) for k, v in raw.items()}
+    except json.JSONDecodeError:
+        meta = {}
+    if meta.get("format") != FORMAT or "model" not in meta:
+        raise WeightsError(f"{path}: a safetensors file, but not one written by googlenet "
+                           "(no model metadata); convert torchvision checkpoints with "
+                           "`googlenet import-torchvision FILE.pth OUT.safetensors`")
+    return meta
+
+
+def load_weights(path: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides) -> nn.Module:
+    """Rebuild the model a weights file describes and load its tensors (strictly)."""
+    from .registry import create_model
+
+    meta = read_metadata(path)
+    options = {**meta.get("options", {}), **overrides}
+    model = create_model(meta["model"], **options)
+    load_state_into(model, path)
+    model.meta = {k: v for k, v in meta.items() if k not in ("format", "model", "options")}
+    return model.to(map_location)
+
+
+def load_state_into(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load a safetensors state_dict into `model`; a mismatch names keys and shapes."""
+    path = _existing(path)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(_not_weights_message(path, e)) from None
+    load_state_dict_checked(model, state, str(path))
+
+
+def load_state_dict_checked(model: nn.Module, state: dict, source: str) -> None:
+    """load_state_dict(strict) with a one-line error; aux-head keys are dropped when the
+    model has no aux heads (as torchvision does for its published weights)."""
+    own = model.state_dict()
+    if not getattr(model, "aux_logits", True):
+        state = {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2."))}
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+             for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append(f"{len(wrong)} shape mismatch(es), e.g. {', '.join(wrong[:3])} (file vs model)")
+        if missing:
+            parts.append(f"{len(missing)} missing key(s), e.g. {', '.join(missing[:3])}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:3])}")
+        name = getattr(model, "model_name", type(model).__name__)
+        raise WeightsError(f"{source} does not fit {name}: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def _existing(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    return path
+
+
+def _not_weights_message(path: Path, error: Exception) -> str:
+    hint = ""
+    if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
+        hint = "; for a torchvision checkpoint run `googlenet import-torchvision FILE.pth OUT.safetensors`"
+    first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return f"{path} is not a safetensors weights file ({first}){hint}"
+
+
+# ------------------------------------------------------------------ torchvision
+def _torchvision_categories() -> list[str]:
+    from torchvision.models import GoogLeNet_Weights
+
+    return list(GoogLeNet_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def _tv_state_to_model(state: dict, source: str, transform_input: bool | None = None, **options) -> nn.Module:
+    from .registry import create_model
+
+    if not isinstance(state, dict) or "fc.weight" not in state:
+        raise WeightsError(f"{source}: not a GoogLeNet state_dict (no 'fc.weight' key)")
+    num_classes = int(state["fc.weight"].shape[0])
+    has_aux = any(k.startswith("aux1.") for k in state)
+    if transform_input is None:
+        # torchvision's published ImageNet weights expect transform_input=True.
+        transform_input = num_classes == 1000
+    options = {"num_classes": num_classes, "aux_logits": has_aux, "transform_input": transform_input, **options}
+    model = create_model("googlenet_tv", **options)
+    load_state_dict_checked(model, state, source)
+    model.meta = {"input_size": 224, "resize": 256, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    if num_classes == 1000:
+        model.meta["class_names"] = _torchvision_categories()
+    return model
+
+
+def read_torch_checkpoint(path: str | os.PathLike) -> dict:
+    """torch.load with weights_only=True (no code runs); unwraps {'state_dict': ...}."""
+    path = _existing(path)
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError, RuntimeError, EOFError, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"{path}: cannot be read as a PyTorch checkpoint with weights_only=True "
+                           f"({first[:200]})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path}: holds a {type(obj).__name__}, not a state_dict")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def import_torchvision(pth: str | os.PathLike, out: str | os.PathLike, transform_input: bool | None = None) -> Path:
+    """Convert a torchvision GoogLeNet .pth state_dict into a googlenet_tv weights file."""
+    state = read_torch_checkpoint(pth)
+    model = _tv_state_to_model(state, str(pth), transform_input)
+    return save_weights(model, out)
+
+
+IMAGENET_FILE = "googlenet-1378be20.pth"
+
+
+def imagenet_model(name: str, **options) -> nn.Module:
+    """googlenet_tv with torchvision's published ImageNet weights, through torchvision's
+    weights API (downloaded once, hash-checked, cached under $TORCH_HOME)."""
+    if name != "googlenet_tv":
+        raise UserError(f"weights='imagenet' exists for googlenet_tv only (torchvision's weights), not {name}")
+    from torchvision.models import GoogLeNet_Weights
+
+    entry = GoogLeNet_Weights.IMAGENET1K_V1
+    try:
+        state = entry.get_state_dict(progress=True, check_hash=True)
+    except (OSError, RuntimeError) as e:  # URLError is an OSError; hash mismatch a RuntimeError
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        raise WeightsError(
+            f"could not fetch torchvision's ImageNet weights ({type(e).__name__}); offline, download "
+            f"{entry.url} elsewhere and either copy it to {cache / IMAGENET_FILE} or run "
+            f"`googlenet import-torchvision {IMAGENET_FILE} googlenet_tv_imagenet.safetensors`") from None
+    requested_aux = options.pop("aux_logits", False)
+    model = _tv_state_to_model(state, entry.url, transform_input=options.pop("transform_input", True), **options)
+    if not requested_aux:
+        model.drop_aux()
+        model.model_options["aux_logits"] = False
+    return model
