@@ -223,6 +223,9 @@ class GoogLeNet(nn.Module):
         with_aux = self.training and self.aux_logits
         x, aux1, aux2 = self._forward_trunk(x, with_aux)
         logits = self.forward_head(x)
+        if torch.jit.is_scripting():
+            # TorchScript needs one return type: a scripted model is an inference model.
+            return logits
         if with_aux and aux1 is not None and aux2 is not None:
             return GoogLeNetOutputs(logits, aux1, aux2)
         return logits

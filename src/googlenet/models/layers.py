@@ -122,6 +122,7 @@ class InceptionAux(nn.Module):
         if pool not in ("paper", "adaptive"):
             raise ValueError(f"pool must be 'paper' or 'adaptive', not {pool!r}")
         self.paper_pool = pool == "paper"
+        self.pool_output = AUX_POOL_OUTPUT  # an attribute, as TorchScript cannot read module globals
         self.conv = ConvNormAct(in_channels, AUX_CONV_CHANNELS, 1, norm=norm, bn_eps=bn_eps)
         self.fc1 = nn.Linear(AUX_CONV_CHANNELS * AUX_POOL_OUTPUT**2, AUX_FC_FEATURES)
         self.fc2 = nn.Linear(AUX_FC_FEATURES, num_classes)
@@ -130,7 +131,7 @@ class InceptionAux(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.paper_pool and min(x.shape[-2:]) >= 5:
             x = F.avg_pool2d(x, kernel_size=5, stride=3)
-        x = F.adaptive_avg_pool2d(x, AUX_POOL_OUTPUT)
+        x = F.adaptive_avg_pool2d(x, self.pool_output)
         x = self.conv(x)
         x = torch.flatten(x, 1)
         x = F.relu(self.fc1(x), inplace=True)
