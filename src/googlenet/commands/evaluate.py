@@ -1,0 +1,48 @@
+"""`googlenet eval WEIGHTS`: accuracy on a test set, with the paper's multi-crop testing."""
+from __future__ import annotations
+
+import argparse
+
+DATASET_CHOICES = ("fashion-mnist", "cifar10", "cifar100", "imagefolder")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval", help="top-1/top-5 accuracy, per-class accuracy and confusion matrix on a test set",
+        description="Evaluate a weights file on its dataset's test split (the dataset recorded in the "
+        "weights unless --dataset says otherwise). --crops 10/144 is the paper's multi-crop testing "
+        "(softmax averaged over the views); --ensemble averages softmax over several models.",
+        epilog="examples: googlenet eval runs/demo/model.safetensors --limit-test 1000 · "
+        "googlenet eval a.safetensors --ensemble b.safetensors c.safetensors --crops 10 --json",
+    )
+    p.add_argument("weights", help="a .safetensors file written by `googlenet train` (or import-torchvision)")
+    p.add_argument("--dataset", choices=DATASET_CHOICES, default=None,
+                   help="test set (default: the dataset recorded in the weights)")
+    p.add_argument("--data", metavar="DIR", default=None, help="dataset folder (imagefolder: DIR/val/<class>/...)")
+    p.add_argument("--limit-test", type=int, default=None, metavar="N", help="evaluate a fixed subset of N images")
+    p.add_argument("--crops", type=int, choices=(1, 10, 144), default=1,
+                   help="views per image: 1 centre crop, 10 (corners+centre, mirrored) or 144 (paper, 4 scales)")
+    p.add_argument("--ensemble", nargs="+", default=[], metavar="WEIGHTS",
+                   help="more weights files; the softmax is averaged over all models")
+    p.add_argument("--batch-size", type=int, default=256, metavar="N", help="images (views) per forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster on GPU; fp32 by default)")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                   help="run .safetensors weights with torch or .onnx exports with onnxruntime")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    p.set_defaults(func=eval_cmd)
+
+
+def eval_cmd(args: argparse.Namespace) -> int:
+    import json
+
+    from ..evaluate import evaluate, format_result
+
+    result = evaluate(args.weights, dataset=args.dataset, data_dir=args.data, limit=args.limit_test,
+                      crops=args.crops, ensemble=args.ensemble, batch_size=args.batch_size,
+                      device=args.device, bf16=args.bf16, backend=args.backend)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(format_result(result))
+    return 0

@@ -1,0 +1,45 @@
+"""`googlenet predict WEIGHTS IMAGE...`: top-k labels with probabilities for each file."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict", help="classify image files: top-k labels with probabilities",
+        description="Classify each IMAGE with the model in WEIGHTS, preprocessed as recorded in the "
+        "weights (channels, resize, centre crop, mean/std). Files that cannot be read as images get "
+        "a one-line error on stderr, the others are still classified, and the exit code is 1.",
+        epilog="examples: googlenet predict runs/demo/model.safetensors shoe.png shirt.jpg · "
+        "googlenet predict model.onnx *.png --backend onnxruntime --json",
+    )
+    p.add_argument("weights", help=".safetensors weights (or an .onnx export with --backend onnxruntime)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, BMP, GIF, TIFF, WebP)")
+    p.add_argument("--topk", type=int, default=5, metavar="K", help="labels per image (default 5)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line per file, with its path")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (torch backend; default auto)")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass")
+    p.set_defaults(func=predict_cmd)
+
+
+def predict_cmd(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from ..errors import UserError
+    from ..predict import format_prediction, load_classifier, predict_files
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be positive, not {args.batch_size}")
+    classifier = load_classifier(args.weights, backend=args.backend, device=args.device)
+    failed = 0
+    for prediction in predict_files(classifier, args.images, topk=args.topk, batch_size=args.batch_size):
+        if not prediction.ok:
+            failed += 1
+            print(f"googlenet predict: error: {prediction.error}", file=sys.stderr)
+            if args.json:  # keep one line per file on stdout too, so consumers can align them
+                print(json.dumps(prediction.to_dict()), flush=True)
+            continue
+        print(json.dumps(prediction.to_dict()) if args.json else format_prediction(prediction), flush=True)
+    return 1 if failed else 0

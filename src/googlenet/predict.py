@@ -1,0 +1,254 @@
+"""Classify image files with a trained model: decode safely, preprocess from the weights'
+metadata, report the top-k labels with probabilities.
+
+The unit everything here works with is a *classifier*: a callable that maps a normalised
+float batch N x C x H x W to logits, with a `.meta` dict saying how to preprocess
+(class_names, input_size, resize, mean, std, in_chans). `TorchClassifier` wraps a model
+loaded from a weights file; `googlenet.onnx_backend.OnnxClassifier` wraps an ONNX export.
+`googlenet eval` uses the same classifiers.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Protocol, Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.transforms.v2 import functional as TF
+
+from .errors import UserError
+from .images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
+
+BACKENDS = ("torch", "onnxruntime")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The paper's single-crop geometry: shorter side 256, centre 224.
+PAPER_INPUT, PAPER_RESIZE = 224, 256
+
+
+class Classifier(Protocol):
+    meta: dict
+
+    def __call__(self, x: Tensor) -> Tensor: ...
+
+
+# ------------------------------------------------------------------ metadata
+def complete_meta(meta: dict, num_classes: int, in_chans: int, native_size: int = PAPER_INPUT,
+                  fallback: dict | None = None) -> dict:
+    """The weights' metadata with every preprocessing key filled in.
+
+    Missing keys come from `fallback` (e.g. the dataset's statistics), else from the
+    model: its native input size, the paper's 256/224 resize ratio at 224 px (none for
+    small inputs), ImageNet mean/std for RGB, 0.5/0.5 otherwise, and class names "0".."N-1".
+    """
+    out = {**(fallback or {}), **{k: v for k, v in (meta or {}).items() if v is not None}}
+    names = out.get("class_names") or [str(i) for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise UserError(f"the weights' metadata lists {len(names)} class names but the model has "
+                        f"{num_classes} outputs; re-save the weights with matching class_names")
+    size = int(out.get("input_size") or native_size)
+    resize = int(out.get("resize") or (round(size * PAPER_RESIZE / PAPER_INPUT) if size >= PAPER_INPUT else size))
+    rgb = in_chans == 3
+    mean = [float(m) for m in (out.get("mean") or (IMAGENET_MEAN if rgb else (0.5,) * in_chans))]
+    std = [float(s) for s in (out.get("std") or (IMAGENET_STD if rgb else (0.5,) * in_chans))]
+    if len(mean) != in_chans or len(std) != in_chans:
+        raise UserError(f"the weights' metadata has mean/std for {len(mean)} channel(s) but the model takes "
+                        f"{in_chans}; re-save the weights with per-channel mean and std")
+    if resize < size:
+        raise UserError(f"metadata resize {resize} is smaller than input_size {size}")
+    out.update(class_names=list(names), input_size=size, resize=resize, mean=mean, std=std,
+               in_chans=int(in_chans), num_classes=int(num_classes))
+    return out
+
+
+# ------------------------------------------------------------------ preprocessing
+def to_channels(images: Tensor, channels: int) -> Tensor:
+    """uint8/float N x C x H x W (or C x H x W) to 1 or 3 channels: luma, repeat, or as is."""
+    have = images.shape[-3]
+    if have == channels:
+        return images
+    if have == 1 and channels == 3:
+        return images.expand(*images.shape[:-3], 3, *images.shape[-2:])
+    if have == 3 and channels == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+        luma = (images.float() * weights).sum(dim=-3, keepdim=True)
+        return luma.round().clamp(0, 255).to(torch.uint8) if images.dtype == torch.uint8 else luma
+    raise UserError(f"cannot map {have}-channel images to a {channels}-channel model")
+
+
+def resize_shorter(x: Tensor, size: int) -> Tensor:
+    """Resize so the shorter side is `size` (bilinear, antialiased); exact no-op if it already is."""
+    if min(x.shape[-2:]) == size:
+        return x
+    return TF.resize(x, [size], antialias=True)
+
+
+def centre_offset(length: int, crop: int) -> int:
+    return (length - crop) // 2
+
+
+def centre_crop(x: Tensor, size: int) -> Tensor:
+    h, w = x.shape[-2:]
+    if h < size or w < size:
+        x = resize_shorter(x, size)
+        h, w = x.shape[-2:]
+    top, left = centre_offset(h, size), centre_offset(w, size)
+    return x[..., top:top + size, left:left + size]
+
+
+def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return (x - mean_t) / std_t
+
+
+def to_float(images: Tensor) -> Tensor:
+    """uint8 [0, 255] -> float32 [0, 1]; float input is taken as already in [0, 1]."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+
+
+def preprocess(images: Tensor, meta: dict) -> Tensor:
+    """uint8 (N x) C x H x W -> the normalised float input the classifier expects (single crop):
+    channels converted, shorter side resized to meta["resize"], centre input_size crop."""
+    x = to_float(to_channels(images, meta["in_chans"]))
+    x = centre_crop(resize_shorter(x, meta["resize"]), meta["input_size"])
+    return normalize(x, meta["mean"], meta["std"])
+
+
+# ------------------------------------------------------------------ classifiers
+class TorchClassifier:
+    """A GoogLeNet in eval mode on a device: normalised float batch -> float32 logits on CPU."""
+
+    def __init__(self, model: nn.Module, device: str | torch.device = "cpu", bf16: bool = False,
+                 fallback_meta: dict | None = None) -> None:
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+        self.bf16 = bf16
+        native = getattr(getattr(model, "variant", None), "input_size", PAPER_INPUT)
+        self.meta = complete_meta(getattr(model, "meta", {}) or {}, model.num_classes, model.in_chans,
+                                  native, fallback_meta)
+
+    @torch.inference_mode()
+    def __call__(self, x: Tensor) -> Tensor:
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16
+                    else contextlib.nullcontext())
+        with autocast:
+            logits = self.model(x)
+        return logits.float().cpu()
+
+
+def load_classifier(weights: str | os.PathLike, backend: str = "torch", device: str = "auto",
+                    bf16: bool = False) -> Classifier:
+    """A classifier from a weights file (.safetensors for torch, .onnx for onnxruntime)."""
+    if backend == "torch":
+        from .device import resolve_device
+        from .models.weights import WeightsError, load_weights
+
+        try:
+            model = load_weights(weights)
+        except WeightsError as e:
+            if str(weights).endswith(".onnx"):
+                raise UserError(f"{weights} is an ONNX model; run it with --backend onnxruntime") from None
+            raise e
+        return TorchClassifier(model, resolve_device(device), bf16=bf16)
+    if backend == "onnxruntime":
+        try:
+            from .onnx_backend import OnnxClassifier
+        except ImportError as e:
+            raise UserError(f"--backend onnxruntime is unavailable ({e}); install it with "
+                            "`pip install 'googlenet[onnx]'`") from None
+        classifier = OnnxClassifier(weights)
+        meta = dict(classifier.meta)
+        names = meta.get("class_names") or []
+        num_classes = int(meta.get("num_classes") or len(names))
+        if not num_classes:
+            raise UserError(f"{weights}: the ONNX model carries no class names; re-export it with "
+                            "`googlenet export WEIGHTS --format onnx`")
+        classifier.meta = complete_meta(meta, num_classes, int(meta.get("in_chans", 3)))
+        return classifier
+    raise UserError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+
+
+# ------------------------------------------------------------------ prediction
+@dataclass
+class Prediction:
+    """The top-k for one file, or the one-line reason it could not be classified."""
+
+    path: str
+    labels: list[str] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)
+    probabilities: list[float] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        if self.error is not None:
+            return {"path": self.path, "error": self.error}
+        return {"path": self.path, "predictions": [
+            {"label": label, "index": index, "probability": prob}
+            for label, index, prob in zip(self.labels, self.indices, self.probabilities)]}
+
+
+def top_k(probabilities: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """(values, indices) of the k largest per row, k clipped to the class count."""
+    return probabilities.topk(min(k, probabilities.shape[1]), dim=1)
+
+
+def predict_files(classifier: Classifier, paths: Iterable[str | os.PathLike], topk: int = 5,
+                  batch_size: int = 16, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Prediction]:
+    """Yield one Prediction per path, in order; unreadable files yield an error, never raise."""
+    if topk < 1:
+        raise UserError(f"--topk must be at least 1, not {topk}")
+    meta = classifier.meta
+    pending: list[tuple[str, Tensor | None, str | None]] = []
+
+    def flush() -> Iterator[Prediction]:
+        good = [tensor for _, tensor, _ in pending if tensor is not None]
+        probs = torch.softmax(classifier(torch.stack(good)).float(), dim=1) if good else None
+        values, indices = top_k(probs, topk) if probs is not None else (None, None)
+        row = 0
+        for path, tensor, error in pending:
+            if tensor is None:
+                yield Prediction(path, error=error)
+                continue
+            idx = indices[row].tolist()
+            yield Prediction(path, [meta["class_names"][i] for i in idx], idx, values[row].tolist())
+            row += 1
+        pending.clear()
+
+    for path in paths:
+        try:
+            image = read_image(path, meta["in_chans"], max_pixels=max_pixels)
+            pending.append((str(path), preprocess(image, meta), None))
+        except ImageReadError as e:
+            pending.append((str(path), None, str(e)))
+        if len(pending) >= batch_size:
+            yield from flush()
+    if pending:
+        yield from flush()
+
+
+def predict(weights: str | os.PathLike, images: Sequence[str | os.PathLike], topk: int = 5,
+            backend: str = "torch", device: str = "auto") -> list[Prediction]:
+    """Python API of `googlenet predict`: one Prediction per image path."""
+    classifier = load_classifier(weights, backend=backend, device=device)
+    return list(predict_files(classifier, images, topk=topk))
+
+
+def format_prediction(prediction: Prediction) -> str:
+    """Human-readable block: the path, then one `probability  label` line per class."""
+    lines = [prediction.path]
+    width = max((len(label) for label in prediction.labels), default=0)
+    for label, prob in zip(prediction.labels, prediction.probabilities):
+        lines.append(f"  {prob:7.2%}  {label:<{width}}")
+    return "\n".join(lines)
+
+
+__all__ = ["BACKENDS", "Classifier", "Prediction", "TorchClassifier", "complete_meta", "format_prediction",
+           "load_classifier", "predict", "predict_files", "preprocess", "top_k"]

@@ -1,0 +1,257 @@
+"""googlenet.evaluate: crop geometry, metrics, multi-crop and ensemble averaging, the eval CLI."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+import googlenet
+from googlenet import UserError
+from googlenet.cli import main as cli_main
+from googlenet.evaluate import (CropPlan, class_probabilities, compute_metrics, evaluate, evaluate_arrays,
+                                five_crop_offsets, format_result, scaled_scales, square_offsets)
+from googlenet.predict import TorchClassifier, normalize
+
+SIZE = 8  # tiny input: googlenet_cifar runs at 8 px (8 -> 4 -> 2 through its two pools)
+
+
+def meta_for(size: int = SIZE, resize: int | None = None, channels: int = 1, classes: int = 10) -> dict:
+    return {"class_names": [f"c{i}" for i in range(classes)], "input_size": size, "resize": resize or size,
+            "mean": [0.5] * channels, "std": [0.25] * channels, "in_chans": channels, "num_classes": classes}
+
+
+class MeanPixelClassifier:
+    """A deterministic stand-in: logits are a fixed linear map of per-channel mean and corner pixel,
+    so different views give different probabilities (the averaging is visible)."""
+
+    def __init__(self, meta: dict, seed: int = 0) -> None:
+        self.meta = meta
+        g = torch.Generator().manual_seed(seed)
+        self.weight = torch.randn(meta["num_classes"], 2 * meta["in_chans"], generator=g)
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        features = torch.cat([x.mean(dim=(2, 3)), x[:, :, 0, 0]], dim=1)
+        return features @ self.weight.T
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    model = googlenet.create_model("googlenet_cifar", in_chans=1, num_classes=10, aux_logits=False)
+    model.meta = {**meta_for(), "dataset": "fashion-mnist"}
+    return model.eval()
+
+
+# ------------------------------------------------------------------ geometry
+def test_scales_match_the_paper_at_224_and_scale_proportionally():
+    assert scaled_scales(224) == (256, 288, 320, 352)
+    assert scaled_scales(28) == (32, 36, 40, 44)  # 28/224 = 1/8 exactly
+    assert scaled_scales(32) == (37, 41, 46, 50)
+
+
+@pytest.mark.parametrize("crops", [1, 10, 144])
+@pytest.mark.parametrize("shape", [(28, 28), (32, 40), (44, 30)])
+def test_view_count_and_size(crops, shape):
+    plan = CropPlan.for_meta(meta_for(28, 32), crops)
+    views = plan.views(torch.rand(2, 3, *shape))
+    assert len(views) == crops == plan.num_views
+    assert all(tuple(v.shape) == (2, 3, 28, 28) for v in views)
+
+
+def test_ten_crop_views_are_the_expected_slices():
+    # Shorter side 32 == the first scale for input 28, so no resize happens and views are slices.
+    image = torch.arange(32 * 40, dtype=torch.float32).view(1, 1, 32, 40)
+    views = CropPlan.for_meta(meta_for(28, 32), 10).views(image)
+    expected = [image[..., 0:28, 0:28], image[..., 0:28, 12:40], image[..., 4:32, 0:28],
+                image[..., 4:32, 12:40], image[..., 2:30, 6:34]]
+    for got, want in zip(views[:5], expected):
+        assert torch.equal(got, want)
+    for got, want in zip(views[5:], expected):
+        assert torch.equal(got, want.flip(-1))
+
+
+def test_144_crop_views_are_the_expected_slices_landscape_and_portrait():
+    plan = CropPlan.for_meta(meta_for(28, 32), 144)
+    landscape = torch.arange(32 * 40, dtype=torch.float32).view(1, 1, 32, 40)
+    views = plan.views(landscape)
+    # Scale 32 (the first 36 views): squares at columns 0, 4, 8; per square TL,TR,BL,BR,C,whole + mirrors.
+    for s, left in enumerate((0, 4, 8)):
+        square = landscape[..., :, left:left + 32]
+        block = views[12 * s: 12 * s + 12]
+        assert torch.equal(block[0], square[..., 0:28, 0:28])
+        assert torch.equal(block[3], square[..., 4:32, 4:32])
+        assert torch.equal(block[4], square[..., 2:30, 2:30])
+        assert torch.allclose(block[5], TF.resize(square, [28], antialias=True))
+        assert torch.equal(block[6], block[0].flip(-1))
+        assert torch.equal(block[11], block[5].flip(-1))
+    portrait = landscape.transpose(-1, -2).contiguous()  # 40 x 32: squares at rows 0, 4, 8
+    views = plan.views(portrait)
+    assert torch.equal(views[12 * 2 + 1], portrait[..., 8:40, :][..., 0:28, 4:32])  # bottom square, TR
+    # The other scales really are resized: views of scale 36 come from a 36 x 45 image.
+    resized = TF.resize(landscape, [36], antialias=True)
+    assert tuple(resized.shape[-2:]) == (36, 45)
+    assert torch.allclose(plan.views(landscape)[36], resized[..., 0:28, 0:28])
+
+
+def test_square_and_five_crop_offsets():
+    assert square_offsets(32, 40) == [(0, 0), (0, 4), (0, 8)]
+    assert square_offsets(40, 32) == [(0, 0), (4, 0), (8, 0)]
+    assert square_offsets(32, 32) == [(0, 0)] * 3
+    assert five_crop_offsets(256, 256, 224) == [(0, 0), (0, 32), (32, 0), (32, 32), (16, 16)]
+
+
+def test_crop_plan_describes_scaled_geometry_and_rejects_bad_crops():
+    assert "scaled" in CropPlan.for_meta(meta_for(28, 28), 144).describe()
+    assert "32/36/40/44" in CropPlan.for_meta(meta_for(28, 28), 144).describe()
+    assert "scaled" not in CropPlan.for_meta(meta_for(224, 256), 144).describe()
+    with pytest.raises(UserError):
+        CropPlan.for_meta(meta_for(), 5)
+
+
+# ------------------------------------------------------------------ metrics
+def test_compute_metrics_by_hand():
+    probs = torch.tensor([[0.7, 0.2, 0.1, 0.0, 0.0, 0.0],   # true 0: top-1 right
+                          [0.1, 0.2, 0.3, 0.4, 0.0, 0.0],   # true 1: predicted 3, in the top 5
+                          [0.5, 0.15, 0.1, 0.1, 0.1, 0.05],  # true 5: predicted 0, not in the top 5
+                          [0.0, 0.0, 0.0, 0.0, 0.1, 0.9]])  # true 5: right
+    labels = torch.tensor([0, 1, 5, 5])
+    r = compute_metrics(probs, labels, list("abcdef"))
+    assert r.top1 == pytest.approx(0.5) and r.top1_error == pytest.approx(0.5)
+    assert r.top5 == pytest.approx(0.75)
+    assert r.confusion[0][0] == 1 and r.confusion[1][3] == 1 and r.confusion[5][0] == 1 and r.confusion[5][5] == 1
+    assert sum(map(sum, r.confusion)) == 4
+    assert r.per_class_total == [1, 1, 0, 0, 0, 2] and r.per_class_correct == [1, 0, 0, 0, 0, 1]
+    assert r.per_class_accuracy[2] is None and r.per_class_accuracy[5] == pytest.approx(0.5)
+
+
+def test_topk_is_clipped_for_few_classes():
+    r = compute_metrics(torch.tensor([[0.2, 0.8], [0.6, 0.4]]), torch.tensor([0, 0]), ["a", "b"])
+    assert r.topk == 2 and r.top5 == 1.0 and r.top1 == 0.5
+
+
+# ------------------------------------------------------------------ probabilities
+def test_one_crop_accuracy_equals_a_plain_forward_pass(tiny_model):
+    torch.manual_seed(1)
+    images = torch.randint(0, 256, (12, 1, SIZE, SIZE), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (12,))
+    result = evaluate_arrays(TorchClassifier(tiny_model), images, labels, crops=1, batch_size=5)
+    with torch.inference_mode():
+        logits = tiny_model(normalize(images.float() / 255, [0.5], [0.25]))
+    predicted = logits.argmax(1)
+    top5 = logits.topk(5, dim=1).indices
+    assert result.num_images == 12
+    assert result.top1 == pytest.approx((predicted == labels).float().mean().item())
+    assert result.top5 == pytest.approx((top5 == labels[:, None]).any(1).float().mean().item())
+    for i in range(12):
+        assert result.confusion[labels[i]][predicted[i]] >= 1
+
+
+@pytest.mark.parametrize("crops", [10, 144])
+def test_multi_crop_averages_softmax_over_the_views(crops):
+    meta = meta_for(28, 28, channels=3)
+    classifier = MeanPixelClassifier(meta)
+    images = torch.randint(0, 256, (3, 3, 30, 36), dtype=torch.uint8)
+    probs, labels = class_probabilities(classifier, [(images, torch.tensor([0, 1, 2]))], crops, batch_size=64)
+    views = CropPlan.for_meta(meta, crops).views(images.float() / 255)
+    expected = torch.stack([torch.softmax(classifier(normalize(v, meta["mean"], meta["std"])), 1)
+                            for v in views]).mean(0)
+    assert torch.allclose(probs, expected, atol=1e-6)
+    assert not torch.allclose(probs, torch.softmax(classifier(normalize(views[0], meta["mean"], meta["std"])), 1))
+    assert labels.tolist() == [0, 1, 2]
+
+
+def test_batching_does_not_change_results():
+    meta = meta_for(28, 28, channels=3)
+    images = torch.randint(0, 256, (7, 3, 28, 28), dtype=torch.uint8)
+    labels = torch.arange(7) % 10
+    a = evaluate_arrays(MeanPixelClassifier(meta), images, labels, crops=10, batch_size=7)
+    b = evaluate_arrays(MeanPixelClassifier(meta), images, labels, crops=10, batch_size=1000)
+    assert a.confusion == b.confusion and a.top5 == b.top5
+
+
+def test_ensemble_averages_models_and_checks_classes():
+    meta = meta_for(28, 28, channels=3)
+    images = torch.randint(0, 256, (5, 3, 28, 28), dtype=torch.uint8)
+    labels = torch.arange(5)
+    one, two = MeanPixelClassifier(meta, seed=1), MeanPixelClassifier(meta, seed=2)
+    p1, _ = class_probabilities(one, [(images, labels)])
+    p2, _ = class_probabilities(two, [(images, labels)])
+    result = evaluate_arrays([one, two], images, labels)
+    expected = compute_metrics((p1 + p2) / 2, labels, meta["class_names"])
+    assert result.confusion == expected.confusion and result.top1 == expected.top1
+    other = MeanPixelClassifier({**meta, "class_names": [f"x{i}" for i in range(10)]})
+    with pytest.raises(UserError, match="ensemble"):
+        evaluate_arrays([one, other], images, labels)
+
+
+# ------------------------------------------------------------------ files and the CLI
+@pytest.fixture()
+def weights_and_data(tmp_path, monkeypatch, tiny_model):
+    """A weights file and a synthetic 'fashion-mnist' test set served by a patched load_dataset."""
+    from googlenet.data import ArrayDataset
+
+    path = tmp_path / "tiny.safetensors"
+    googlenet.save_weights(tiny_model, path, **tiny_model.meta)
+    torch.manual_seed(2)
+    data = ArrayDataset(torch.randint(0, 256, (10, 1, SIZE, SIZE), dtype=torch.uint8), torch.arange(10),
+                        [f"c{i}" for i in range(10)], "fashion-mnist", (0.5,), (0.25,))
+    calls = []
+
+    def fake_load_dataset(name, split, data_dir=None, limit=None):
+        calls.append((name, split, limit))
+        if name == "cifar100":
+            return ArrayDataset(data.images.expand(-1, 3, -1, -1), data.labels, [str(i) for i in range(100)],
+                                name, (0.5,) * 3, (0.25,) * 3)
+        return data.subset(limit)
+
+    monkeypatch.setattr("googlenet.data.load_dataset", fake_load_dataset)
+    return path, data, calls
+
+
+def test_evaluate_file_uses_the_recorded_dataset(weights_and_data, tiny_model):
+    path, data, calls = weights_and_data
+    result = evaluate(path, limit=6, device="cpu")
+    assert calls == [("fashion-mnist", "test", 6)]
+    direct = evaluate_arrays(TorchClassifier(tiny_model), data.images[:6], data.labels[:6])
+    assert result.num_images == 6 and result.confusion == direct.confusion
+    assert result.dataset == "fashion-mnist" and result.models == [str(path)]
+    text = format_result(result)
+    assert "top-1 accuracy" in text and "confusion matrix" in text and "c9" in text
+
+
+def test_eval_cli_json_and_text(weights_and_data, capsys):
+    path, _, _ = weights_and_data
+    assert cli_main(["eval", str(path), "--limit-test", "4", "--json", "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["num_images"] == 4 and 0 <= out["top1"] <= 1 and len(out["confusion"]) == 10
+    assert out["top1_error"] == pytest.approx(1 - out["top1"])
+    assert cli_main(["eval", str(path), "--limit-test", "2", "--crops", "10", "--ensemble", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "10 crops" in text and "ensemble of 2" in text and "scaled" in text
+
+
+def test_eval_cli_class_count_mismatch_and_bad_weights_are_one_line_errors(weights_and_data, tmp_path, capsys):
+    path, _, _ = weights_and_data
+    assert cli_main(["eval", str(path), "--dataset", "cifar100", "--limit-test", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "100 classes" in err and "10" in err and len(err.splitlines()) == 1
+    bogus = tmp_path / "bogus.safetensors"
+    bogus.write_bytes(b"not a safetensors file at all")
+    assert cli_main(["eval", str(bogus)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bogus.safetensors" in err and len(err.splitlines()) == 1
+    assert cli_main(["eval", str(tmp_path / "missing.safetensors")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_weights_without_a_dataset_need_dataset_flag(tmp_path, tiny_model):
+    path = tmp_path / "nodata.safetensors"
+    model = googlenet.create_model("googlenet_cifar", in_chans=1, num_classes=10, aux_logits=False)
+    model.load_state_dict(tiny_model.state_dict())
+    googlenet.save_weights(model, path, **meta_for())  # no "dataset" key
+    with pytest.raises(UserError, match="--dataset"):
+        evaluate(path)
