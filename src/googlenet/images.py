@@ -47,6 +47,8 @@ def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open and fully decode the first frame, or raise ImageReadError."""
     try:
         with warnings.catch_warnings():
+            # Pillow's plugin chatter (odd TIFF tags...) is not the user's business here.
+            warnings.simplefilter("ignore", UserWarning)
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; make it an error.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
