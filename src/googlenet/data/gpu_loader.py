@@ -115,7 +115,9 @@ class TensorLoader:
 
     def train_batches(self, first_step: int, steps: int, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
         """`steps` augmented batches starting at global step `first_step`."""
-        generator = torch.Generator(device=self.device).manual_seed(mix_seed(self.seed, epoch, self.rank, 1))
+        # Seeded by where the call starts, so a run resumed at `first_step` draws the same crops.
+        generator = torch.Generator(device=self.device).manual_seed(
+            mix_seed(self.seed, epoch, self.rank, first_step))
         for step in range(first_step, first_step + steps):
             index = self._rank_batch(step).to(self.device)
             yield self.prepare(self.images[index], generator), self.labels[index]
@@ -128,6 +130,10 @@ class TensorLoader:
         for lo in range(start, stop, self.batch_size):
             hi = min(stop, lo + self.batch_size)
             yield self.prepare(self.images[lo:hi], None), self.labels[lo:hi]
+
+    def raw_image(self, index: int) -> Tensor:
+        """One test image as stored (uint8 C x H x W, on the CPU), for plots."""
+        return self.images[index].cpu()
 
     def prepare(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
         """uint8 batch -> augmented (if a generator is given), normalised float batch."""

@@ -1,0 +1,62 @@
+"""`googlenet train`: train a GoogLeNet from scratch or fine-tune one (see googlenet.train)."""
+from __future__ import annotations
+
+import argparse
+import time
+
+# Command-line flags that map one-to-one onto TrainConfig fields.
+CONFIG_FLAGS = ("model", "dataset", "data", "epochs", "budget", "batch_size", "lr", "device", "seed",
+                "limit_train", "limit_test", "input_size", "weights", "freeze", "precision", "workers")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train on Fashion-MNIST, CIFAR or an image folder (from scratch or fine-tuning)",
+        description="Train a GoogLeNet. With no arguments: googlenet_cifar on Fashion-MNIST with the fmnist "
+                    "recipe on the best device. Settings come from the recipe, then --config FILE, then the "
+                    "flags below, then --set key=value.",
+        epilog="Examples: googlenet train --budget 10m --out runs/demo | googlenet train --dataset cifar10 "
+               "--data ~/data | googlenet train --dataset imagefolder --data DIR --weights imagenet "
+               "--freeze 4e | googlenet train --resume runs/demo")
+    p.add_argument("--recipe", help="paper | fmnist | cifar | finetune (default: chosen by the dataset)")
+    p.add_argument("--config", metavar="FILE.yaml", help="a YAML file of config keys")
+    p.add_argument("--model", help="a registered model (googlenet list-models)")
+    p.add_argument("--dataset", help="fashion-mnist | cifar10 | cifar100 | imagefolder")
+    p.add_argument("--data", metavar="DIR", help="folder holding the dataset")
+    p.add_argument("--epochs", type=int, help="passes over the training data")
+    p.add_argument("--budget", metavar="TIME", help="fit the whole schedule to a wall-clock budget, e.g. 10m")
+    p.add_argument("--batch-size", type=int, help="images per step (per process)")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--device", help="auto | cpu | cuda[:N]")
+    p.add_argument("--precision", help="auto | bf16 | fp32")
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/train-DATE-TIME)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--limit-train", type=int, metavar="N", help="train on the first N images")
+    p.add_argument("--limit-test", type=int, metavar="N", help="test on the first N images")
+    p.add_argument("--input-size", type=int, metavar="PX", help="square input side fed to the network")
+    p.add_argument("--weights", metavar="FILE|imagenet", help="start from saved or pretrained weights")
+    p.add_argument("--freeze", metavar="UNTIL", help="freeze the network up to this module, e.g. 4e")
+    p.add_argument("--workers", type=int, help="image-folder loading processes")
+    p.add_argument("--tensorboard", action="store_true", default=None, help="also write TensorBoard events")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    from ..train import resolve_config, train
+
+    if args.resume:
+        given = [f"--{k.replace('_', '-')}" for k in CONFIG_FLAGS + ("recipe", "config", "out")
+                 if getattr(args, k, None) is not None] + (["--set"] if args.set else [])
+        if given:
+            print(f"note: --resume continues with the run's saved config; ignoring {' '.join(given)}")
+        result = train(None, resume=args.resume, started_at=started)
+    else:
+        flags = {k: getattr(args, k) for k in CONFIG_FLAGS}
+        flags["tensorboard"] = args.tensorboard
+        config = resolve_config(args.recipe, args.config, flags, args.set)
+        result = train(config, out=args.out, started_at=started)
+    return 0 if result.test_images > 0 else 1

@@ -1,0 +1,65 @@
+"""Checkpoints: everything needed to continue a run exactly, readable with weights_only=True.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (no pickled
+objects), written atomically (temp file, fsync, rename): model, optimizer, scheduler,
+averaged (EMA) weights, the RNG states of torch, CUDA, numpy and Python as tensors,
+the epoch/step reached, the training history and the resolved config.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..fileio import atomic_write
+
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    version, mt_state, gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": str(np_kind), "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "python": {"version": int(version), "state": torch.tensor(mt_state, dtype=torch.int64),
+                   "gauss": gauss},
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint with weights_only=True (no code in it can run)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / LAST
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}; --resume takes a run folder holding {LAST}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, not a checkpoint
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path}: cannot be read as a training checkpoint ({first[:200]})") from None
+    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
+        raise UserError(f"{path}: not a googlenet training checkpoint")
+    return payload

@@ -1,0 +1,485 @@
+"""The training loop: plan the schedule (fixed epochs or a wall-clock budget), train,
+evaluate, log, checkpoint, and write the final weights and plots.
+
+Multi-process training plugs in through `Process` (rank, world size, gather, model
+wrapping): only the main process prints and writes files; every process trains on
+its share of each global batch (see data/gpu_loader.py).
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import RunError, UserError
+from ..fileio import atomic_write
+from ..models import GoogLeNetOutputs, googlenet_loss
+from . import checkpoint as ckpt
+from .ema import WeightAverage
+from .recipes import TrainConfig, config_from_dict, save_config
+from .setup import (LRSchedule, autocast_dtype, build_loaders, build_model, build_optimizer, freeze_until)
+
+METRICS_FIELDS = ("epoch", "step", "images", "train_loss", "train_acc", "test_loss", "test_top1", "test_top5",
+                  "test_images", "lr", "img_per_s", "epoch_s", "elapsed_s")
+CALIBRATION_STEPS = {"cpu": 6, "cuda": 30}  # steps timed to fit a budget (the first 2 are warm-up)
+
+
+@dataclass
+class Process:
+    """This process's place in a (possibly) distributed job. Single-process defaults;
+    a distributed launcher subclasses it (all_reduce / gather / wrap_model)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        return model  # DistributedDataParallel(model) when world_size > 1
+
+    def all_reduce_sum(self, tensor: Tensor) -> Tensor:
+        return tensor
+
+    def gather_cat(self, tensor: Tensor) -> Tensor:
+        return tensor  # concatenation of every rank's tensor, in rank order
+
+    def barrier(self) -> None:
+        pass
+
+
+@dataclass
+class Plan:
+    """How many steps the run takes and where its epochs end (fixed once, saved in checkpoints)."""
+
+    epochs: int
+    total_steps: int
+    epoch_ends: list[int]  # global step at the end of each epoch
+    eval_subset: int | None  # per-epoch evaluation on the first N test images (None: all)
+    steps_per_epoch: float  # one pass over the data, for the step schedule
+
+    @staticmethod
+    def fixed(epochs: int, steps_per_epoch: int, eval_subset: int | None) -> "Plan":
+        ends = [(e + 1) * steps_per_epoch for e in range(epochs)]
+        return Plan(epochs, ends[-1], ends, eval_subset, float(steps_per_epoch))
+
+
+@dataclass
+class EvalResult:
+    top1: float  # %
+    top5: float  # %
+    loss: float
+    images: int
+    predictions: Tensor | None = None
+    targets: Tensor | None = None
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    weights: Path
+    top1: float
+    top5: float
+    test_images: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+
+
+def train(config: TrainConfig, out: str | Path | None = None, resume: str | Path | None = None,
+          process: Process | None = None, started_at: float | None = None) -> TrainResult:
+    """Train (or resume) a run; returns its final test accuracy and paths."""
+    process = process or Process()
+    payload = None
+    if resume is not None:
+        payload = ckpt.load_checkpoint(resume)
+        config = config_from_dict(payload["config"])
+        run_dir = Path(resume)
+    else:
+        run_dir = Path(out) if out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+        if (run_dir / ckpt.LAST).exists():
+            raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                            "or pick another --out")
+    trainer = Trainer(config, run_dir, process, payload, started_at)
+    return trainer.fit()
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, run_dir: Path, process: Process, payload: dict | None = None,
+                 started_at: float | None = None) -> None:
+        from ..device import resolve_device
+
+        self.config, self.run_dir, self.process = config, run_dir, process
+        self.started = started_at if started_at is not None else time.perf_counter()
+        self.device = resolve_device(config.device)
+        self.dtype = autocast_dtype(config.precision, self.device)
+        seed_everything(config.seed + process.rank)
+
+        # Data first: the model's class count and channels come from it.
+        self.train_loader, self.test_loader, self.info = build_loaders(config, self.device, None, process.rank,
+                                                                       process.world_size)
+        model = build_model(config, len(self.info.class_names), self.info.in_chans, say=self.say)
+        if model.in_chans != self.info.in_chans:  # grey data into an RGB model: repeat the channel
+            self.train_loader, self.test_loader, self.info = build_loaders(
+                config, self.device, model.in_chans, process.rank, process.world_size)
+        self.frozen = freeze_until(model, config.freeze)
+        if self.frozen:
+            self.say(f"frozen: {self.frozen[0]} .. {self.frozen[-1]} (weights and batch-norm statistics)")
+        memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=memory_format)
+        self.step_model = process.wrap_model(torch.compile(self.model) if config.compile else self.model)
+        self.optimizer = build_optimizer(self.model, config)
+        self.schedule = LRSchedule(config, total_steps=10 ** 9, steps_per_epoch=self.train_loader.steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
+        self.ema = WeightAverage(self.model, config.ema_decay) if config.ema else None
+        self.criterion = functools.partial(F.cross_entropy, label_smoothing=config.label_smoothing)
+
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimizer steps taken
+        self.history: list[dict] = []
+        self.best_top1 = -1.0
+        self.plan: Plan | None = None
+        self.elapsed_before = 0.0  # seconds spent before a resume
+        self._epoch_sums = self._zero_sums()
+        self.tensorboard = None
+        if payload is not None:
+            self._restore(payload)
+
+    # ---------------------------------------------------------------- output
+    def say(self, message: str) -> None:
+        if self.process.is_main:
+            from tqdm import tqdm
+
+            tqdm.write(message, file=sys.stdout)
+            sys.stdout.flush()
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    # ---------------------------------------------------------------- the run
+    def fit(self) -> TrainResult:
+        c = self.config
+        if self.process.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(c, self.run_dir / "config.yaml")
+            self._open_tensorboard()
+        precision = {None: "fp32", torch.bfloat16: "bf16"}.get(self.dtype, str(self.dtype))
+        self.say(f"train {self.model.model_name} on {self.info.name} ({self.info.train_size} train / "
+                 f"{self.info.test_size} test images, {len(self.info.class_names)} classes, "
+                 f"{self.info.input_size}px) | recipe {c.recipe} | {self.device} {precision} | "
+                 f"batch {c.batch_size}x{self.process.world_size} | run folder {self.run_dir}")
+        if self.plan is None:
+            self.plan = self._plan_budget() if c.budget else Plan.fixed(
+                c.epochs, self.train_loader.steps_per_epoch, c.eval_subset)
+        self.schedule.total_steps = self.plan.total_steps
+        self.schedule.steps_per_epoch = self.plan.steps_per_epoch
+
+        final: EvalResult | None = None
+        while self.epoch < self.plan.epochs:
+            final = self._run_epoch()
+        if final is None or final.predictions is None:
+            final = self.evaluate(self.eval_model, None, collect=True)
+        if c.tta_flip:
+            flipped = self.evaluate(self.eval_model, None, collect=True, tta_flip=True)
+            self.say(f"test-time flip averaging: top-1 {flipped.top1:.2f}% (without: {final.top1:.2f}%)")
+        return self._finish(final)
+
+    def _run_epoch(self) -> EvalResult | None:
+        plan, c = self.plan, self.config
+        epoch = self.epoch
+        end = plan.epoch_ends[epoch]
+        self._train_steps(epoch, end - self.step, desc=f"epoch {epoch + 1}/{plan.epochs}")
+        sums = self._epoch_sums
+        images = int(sums["images"])
+        train_loss = float(sums["loss"]) / max(1, images)
+        if not math.isfinite(train_loss):
+            raise RunError(f"training diverged (loss {train_loss}) in epoch {epoch + 1}; lower the learning "
+                           f"rate (--lr, now {c.lr})")
+        last = epoch + 1 == plan.epochs
+        result = None
+        if last or (epoch + 1) % c.eval_every == 0:
+            limit = None if last and plan.eval_subset is None else plan.eval_subset
+            result = self.evaluate(self.eval_model, limit, collect=limit is None)
+        row = {
+            "epoch": epoch + 1, "step": self.step, "images": images * self.process.world_size,
+            "train_loss": round(train_loss, 5), "train_acc": round(100 * float(sums["correct"]) / max(1, images), 3),
+            "test_loss": round(result.loss, 5) if result else "", "test_top1": round(result.top1, 3) if result else "",
+            "test_top5": round(result.top5, 3) if result else "", "test_images": result.images if result else "",
+            "lr": f"{self.scheduler.get_last_lr()[0]:.6g}",
+            "img_per_s": round(images * self.process.world_size / max(sums["seconds"], 1e-9), 1),
+            "epoch_s": round(time.perf_counter() - sums["started"], 2),
+            "elapsed_s": round(self.elapsed(), 1),
+        }
+        self.history.append(row)
+        self.epoch += 1
+        self._epoch_sums = self._zero_sums()
+        improved = result is not None and result.top1 > self.best_top1
+        if improved:
+            self.best_top1 = result.top1
+        self._log_epoch(row)
+        self._save_checkpoints(best=improved)
+        return result if result is not None and result.predictions is not None else None
+
+    @staticmethod
+    def _zero_sums() -> dict[str, Any]:
+        # Per-epoch training totals; "seconds" counts training only, "started" the whole epoch.
+        return {"loss": 0.0, "correct": 0, "images": 0, "seconds": 0.0, "started": time.perf_counter()}
+
+    def _train_steps(self, epoch: int, steps: int, desc: str, show: bool = True) -> None:
+        """`steps` optimizer steps from self.step, adding loss/accuracy to the epoch sums."""
+        if steps <= 0:
+            return
+        from tqdm import tqdm
+
+        started = time.perf_counter()
+        model, c = self.step_model, self.config
+        self.model.train()
+        for name in self.frozen:
+            getattr(self.model, name).eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        bar = tqdm(total=steps * self.train_loader.global_batch, desc=desc, unit="img", unit_scale=True,
+                   leave=False, dynamic_ncols=True, disable=not (show and self.process.is_main) or None,
+                   file=sys.stderr)
+        for x, y in self.train_loader.train_batches(self.step, steps, epoch):
+            with torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
+                outputs = model(x)
+                loss = googlenet_loss(outputs, y, self.criterion, c.aux_weight)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            logits = outputs.logits if isinstance(outputs, GoogLeNetOutputs) else outputs
+            loss_sum += loss.detach().float() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            self.step += 1
+            bar.update(len(y) * self.process.world_size)
+        bar.close()
+        sums = self._epoch_sums
+        sums["loss"] += float(self.process.all_reduce_sum(loss_sum)) / self.process.world_size
+        sums["correct"] += int(self.process.all_reduce_sum(correct)) // self.process.world_size
+        sums["images"] += seen
+        sums["seconds"] += time.perf_counter() - started
+
+    # ---------------------------------------------------------------- budget
+    def _plan_budget(self) -> Plan:
+        """Time the first steps and one evaluation batch, then fit steps and epochs to the budget."""
+        c = self.config
+        budget = c.budget_seconds()
+        calib = CALIBRATION_STEPS.get(self.device.type, 10)
+        self.say(f"budget {c.budget}: timing {calib} training steps to fit the schedule ...")
+        times = []
+        self._epoch_sums = self._zero_sums()
+        for _ in range(calib):
+            t = time.perf_counter()
+            self._train_steps(0, 1, desc="calibrating", show=False)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        step_s = float(np.median(times[2:])) if len(times) > 2 else times[-1]
+
+        eval_rate = self._measure_eval_rate()  # images / s
+        test_images = self.info.test_size
+        final_eval_s = test_images / eval_rate * (2 if c.tta_flip else 1)
+        overhead_s = 15.0 + 0.03 * budget  # saving, plots, safety margin
+        per_epoch_eval_share = 0.05 * budget
+        remaining = budget - self.elapsed() - final_eval_s - overhead_s - per_epoch_eval_share
+        extra_steps = max(0, int(remaining / step_s))
+        total = calib + extra_steps
+        per_pass = self.train_loader.steps_per_epoch
+        epochs = total // per_pass if total >= 2 * per_pass else min(4, total)
+        epochs = max(1, epochs)
+        ends = [round(total * (e + 1) / epochs) for e in range(epochs)]
+        eval_subset = c.eval_subset
+        if eval_subset is None and epochs > 1 and test_images / eval_rate * (epochs - 1) > per_epoch_eval_share:
+            batch = self.test_loader.batch_size
+            eval_subset = max(batch, int(per_epoch_eval_share * eval_rate / (epochs - 1)) // batch * batch)
+            eval_subset = min(eval_subset, test_images)
+        plan = Plan(epochs, total, ends, eval_subset, float(per_pass))
+        subset_note = f", per-epoch test on the first {eval_subset} images" if eval_subset else ""
+        self.say(f"budget {c.budget}: {step_s:.2f} s/step, {eval_rate:.0f} test img/s -> {total} steps "
+                 f"({total * self.train_loader.global_batch} images, {total / per_pass:.2f} passes) in "
+                 f"{epochs} epochs{subset_note}; final test on all {test_images} images")
+        return plan
+
+    def _measure_eval_rate(self) -> float:
+        batch = next(iter(self.test_loader.eval_batches(self.test_loader.batch_size)))[0]
+        model = self.eval_model
+        model.eval()
+        times = []
+        with torch.no_grad():
+            for _ in range(2):
+                t = time.perf_counter()
+                with torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16,
+                                    enabled=self.dtype is not None):
+                    model(batch)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t)
+        return len(batch) / max(times[-1], 1e-6)
+
+    # ---------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, limit: int | None, collect: bool = False,
+                 tta_flip: bool = False) -> EvalResult:
+        model.eval()
+        num_classes = len(self.info.class_names)
+        k = min(5, num_classes)
+        totals = torch.zeros(4, device=self.device, dtype=torch.float64)  # loss, top1, top5, images
+        predictions, targets = [], []
+        for x, y in self.test_loader.eval_batches(limit):
+            with torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
+                logits = model(x).float()
+                if tta_flip:
+                    probs = (logits.softmax(1) + model(x.flip(-1)).float().softmax(1)) / 2
+                    logits = probs.log()
+            top = logits.topk(k, dim=1).indices
+            totals[0] += F.cross_entropy(logits, y, reduction="sum")
+            totals[1] += (top[:, 0] == y).sum()
+            totals[2] += (top == y[:, None]).any(1).sum()
+            totals[3] += len(y)
+            if collect:
+                predictions.append(top[:, 0])
+                targets.append(y)
+        totals = self.process.all_reduce_sum(totals)
+        n = max(1.0, float(totals[3]))
+        result = EvalResult(100 * float(totals[1]) / n, 100 * float(totals[2]) / n, float(totals[0]) / n,
+                            int(totals[3]))
+        if collect:
+            empty = torch.empty(0, dtype=torch.long, device=self.device)
+            result.predictions = self.process.gather_cat(torch.cat(predictions) if predictions else empty).cpu()
+            result.targets = self.process.gather_cat(torch.cat(targets) if targets else empty).cpu()
+        return result
+
+    # ---------------------------------------------------------------- files
+    def _log_epoch(self, row: dict) -> None:
+        if not self.process.is_main:
+            return
+        test = (f"test {row['test_top1']:.2f}%/{row['test_top5']:.2f}% (top-1/top-5, {row['test_images']} imgs)"
+                if row["test_top1"] != "" else "test -")
+        self.say(f"epoch {row['epoch']}/{self.plan.epochs}  loss {row['train_loss']:.4f}  "
+                 f"train {row['train_acc']:.2f}%  {test}  lr {float(row['lr']):.4g}  "
+                 f"{row['img_per_s']:.0f} img/s  {row['epoch_s']:.0f}s")
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=METRICS_FIELDS)
+        writer.writeheader()
+        writer.writerows(self.history)
+        atomic_write(self.run_dir / "metrics.csv", lambda tmp: Path(tmp).write_text(buffer.getvalue()))
+        if self.tensorboard is not None:
+            for key in ("train_loss", "train_acc", "test_loss", "test_top1", "test_top5", "lr", "img_per_s"):
+                if row[key] != "":
+                    self.tensorboard.add_scalar(key, float(row[key]), row["epoch"])
+            self.tensorboard.flush()
+
+    def _open_tensorboard(self) -> None:
+        if not self.config.tensorboard:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is an optional extra
+            self.say("note: --tensorboard needs the tensorboard package (pip install tensorboard); "
+                     "skipping TensorBoard logs, metrics.csv is still written")
+            return
+        self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def _checkpoint_payload(self) -> dict[str, Any]:
+        return {
+            "format": "googlenet-checkpoint/1",
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": ckpt.rng_state(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "plan": asdict(self.plan),
+            "history": self.history,
+            "best_top1": self.best_top1,
+            "elapsed_s": self.elapsed(),
+            "config": self.config.to_dict(),
+        }
+
+    def _save_checkpoints(self, best: bool) -> None:
+        if not self.process.is_main:
+            return
+        payload = self._checkpoint_payload()
+        ckpt.save_checkpoint(self.run_dir / ckpt.LAST, payload)
+        if best:
+            ckpt.save_checkpoint(self.run_dir / ckpt.BEST, payload)
+
+    def _restore(self, payload: dict) -> None:
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        if self.ema is not None and payload.get("ema") is not None:
+            self.ema.load_state_dict(payload["ema"])
+        self.epoch, self.step = int(payload["epoch"]), int(payload["step"])
+        self.plan = Plan(**payload["plan"])
+        self.history = list(payload["history"])
+        self.best_top1 = float(payload["best_top1"])
+        self.elapsed_before = float(payload["elapsed_s"])
+        ckpt.set_rng_state(payload["rng"])
+        self.say(f"resuming {self.run_dir} after epoch {self.epoch} (step {self.step})")
+
+    def _finish(self, final: EvalResult) -> TrainResult:
+        weights = self.run_dir / "model.safetensors"
+        if self.process.is_main:
+            from ..models import save_weights
+
+            info = self.info
+            save_weights(self.eval_model, weights, class_names=info.class_names, input_size=info.input_size,
+                         resize=info.resize, mean=list(info.mean), std=list(info.std), dataset=info.name,
+                         recipe=self.config.recipe, test_top1=round(final.top1, 3))
+            plots = self._write_plots(final)
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+            which = "averaged (EMA) weights" if self.ema is not None else "final weights"
+            self.say(f"test accuracy: top-1 {final.top1:.2f}%  top-5 {final.top5:.2f}%  on {final.images} "
+                     f"{info.name} test images ({which}); {self.elapsed():.0f}s in all")
+            self.say(f"model: {weights}   plots: {', '.join(str(p) for p in plots)}")
+        self.process.barrier()
+        return TrainResult(self.run_dir, weights, final.top1, final.top5, final.images, self.elapsed(),
+                           self.history)
+
+    def _write_plots(self, final: EvalResult) -> list[Path]:
+        from .. import report
+
+        names = self.info.class_names
+        paths = [report.plot_curves(self.history, self.run_dir / "curves.png")]
+        matrix = report.confusion_matrix(final.targets, final.predictions, len(names))
+        paths.append(report.plot_confusion(matrix, names, self.run_dir / "confusion.png"))
+        wrong = torch.nonzero(final.predictions != final.targets).flatten()[:32].tolist()
+        images = [self.test_loader.raw_image(i) for i in wrong]
+        paths.append(report.plot_errors(images, [int(final.targets[i]) for i in wrong],
+                                        [int(final.predictions[i]) for i in wrong], names,
+                                        self.run_dir / "errors.png"))
+        return paths
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+__all__ = ["Plan", "Process", "TrainResult", "Trainer", "train"]

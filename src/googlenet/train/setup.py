@@ -1,0 +1,212 @@
+"""The pieces a run is built from: model (fresh or fine-tuned, partly frozen), optimizer,
+learning-rate schedule, numeric precision and data loaders."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .recipes import TrainConfig
+
+# Modules in forward order; --freeze NAME freezes NAME and everything before it.
+FREEZE_ORDER = ("conv1", "conv2", "conv3", "inception3a", "inception3b", "inception4a", "inception4b",
+                "inception4c", "inception4d", "inception4e", "inception5a", "inception5b")
+
+
+# ------------------------------------------------------------------ data
+@dataclass
+class DataInfo:
+    """What the model and the weights metadata need to know about the data."""
+
+    name: str
+    class_names: list[str]
+    in_chans: int
+    input_size: int
+    resize: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train_size: int
+    test_size: int
+
+
+def build_loaders(config: TrainConfig, device: torch.device, model_in_chans: int | None = None,
+                  rank: int = 0, world_size: int = 1):
+    """(train_loader, test_loader, DataInfo) for the configured dataset."""
+    if config.dataset == "imagefolder":
+        return _folder_loaders(config, device, rank, world_size)
+    from ..data.datasets import load_dataset
+    from ..data.gpu_loader import BatchAugment, TensorLoader
+
+    train = load_dataset(config.dataset, "train", config.data, config.limit_train)
+    test = load_dataset(config.dataset, "test", config.data, config.limit_test)
+    size = config.input_size or train.image_size
+    in_chans = model_in_chans or train.in_chans
+    augment = BatchAugment(crop_padding=config.crop_padding, flip=config.flip,
+                           resized_crop_min_area=config.resized_crop_min_area,
+                           random_interpolation=config.random_interpolation,
+                           photometric=config.photometric, erasing=config.erasing)
+    common = dict(input_size=size, in_chans=in_chans, seed=config.seed, rank=rank, world_size=world_size,
+                  channels_last=config.channels_last)
+    try:
+        train_loader = TensorLoader(train, config.batch_size, device, augment=augment, **common)
+        eval_batch = max(config.batch_size, 256)
+        test_loader = TensorLoader(test, eval_batch, device, shuffle=False, **common)
+    except ValueError as e:
+        raise UserError(f"{config.dataset} does not fit the model: {e}") from None
+    repeat = in_chans // train.in_chans
+    info = DataInfo(train.name, train.class_names, in_chans, size, size, tuple(train.mean) * repeat,
+                    tuple(train.std) * repeat, len(train), len(test))
+    return train_loader, test_loader, info
+
+
+def _folder_loaders(config: TrainConfig, device: torch.device, rank: int, world_size: int):
+    from ..data import transforms as T
+    from ..data.datasets import STATS, image_folder
+    from ..data.folder_loader import FolderLoader
+
+    if not config.data:
+        raise UserError("--dataset imagefolder needs --data DIR holding train/<class>/ and val/<class>/ folders")
+    size = config.input_size or 224
+    resize = config.resize or round(size * 256 / 224)
+    mean, std = STATS["imagefolder"]
+    if config.resized_crop_min_area > 0 and (config.photometric > 0 or config.random_interpolation):
+        train_tf = T.paper_train_transform(size, mean, std, config.resized_crop_min_area, config.photometric,
+                                           config.random_interpolation)
+    else:
+        train_tf = T.finetune_train_transform(size, mean, std, config.resized_crop_min_area or 0.25)
+    eval_tf = T.eval_transform(size, resize, mean, std)
+    train = image_folder(config.data, "train")
+    test = image_folder(config.data, "val")
+    if train.class_names != test.class_names:
+        raise UserError(f"{config.data}: train/ and val/ have different class folders")
+    common = dict(train_transform=train_tf, eval_transform=eval_tf, workers=config.workers, seed=config.seed,
+                  rank=rank, world_size=world_size, channels_last=config.channels_last)
+    train_loader = FolderLoader(_limited(train, config.limit_train), config.batch_size, device, **common)
+    test_loader = FolderLoader(_limited(test, config.limit_test), config.batch_size, device, **common)
+    info = DataInfo("imagefolder", train.class_names, 3, size, resize, mean, std,
+                    len(train_loader), len(test_loader))
+    return train_loader, test_loader, info
+
+
+def _limited(dataset, limit: int | None):
+    if limit is not None and limit < len(dataset):
+        dataset.samples = dataset.samples[:limit]
+        dataset.imgs = dataset.samples
+        dataset.targets = dataset.targets[:limit]
+    return dataset
+
+
+# ------------------------------------------------------------------ model
+def build_model(config: TrainConfig, num_classes: int, in_chans: int,
+                say: Callable[[str], None] = print) -> nn.Module:
+    """A fresh model, or one started from --weights (classifier replaced if the class count differs)."""
+    from ..models import create_model, load_weights
+
+    options = dict(aux_logits=config.aux_logits, dropout=config.dropout, dropout_aux=config.dropout_aux)
+    if config.weights is None:
+        return create_model(config.model, num_classes=num_classes, in_chans=in_chans, **options)
+    if config.weights == "imagenet":
+        model = create_model(config.model, weights="imagenet", aux_logits=config.aux_logits, dropout=config.dropout)
+        source = "torchvision's ImageNet weights"
+    else:
+        model = load_weights(config.weights)
+        source = config.weights
+        if model.model_name != config.model:
+            say(f"note: {source} holds a {model.model_name}; training that model (not {config.model})")
+        if config.aux_logits is False and model.aux_logits:
+            model.drop_aux()
+            model.model_options = {**model.model_options, "aux_logits": False}
+    if model.in_chans != in_chans and not (model.in_chans == 3 and in_chans == 1):
+        raise UserError(f"{source} expects {model.in_chans}-channel images, the data has {in_chans}")
+    if model.num_classes != num_classes:
+        heads = "classifier and auxiliary heads" if model.aux_logits else "classifier"
+        say(f"fine-tuning: replacing the {heads} of {source} ({model.num_classes} -> {num_classes} classes)")
+        model.reset_classifier(num_classes)
+        model.model_options = {**model.model_options, "num_classes": num_classes}
+    return model
+
+
+def freeze_until(model: nn.Module, until: str | None) -> list[str]:
+    """Freeze parameters of every module up to and including `until` ("4e", "inception4e", "conv3").
+
+    Returns the frozen module names; the loop keeps them in eval mode (batch norm
+    statistics frozen too).
+    """
+    if not until:
+        return []
+    name = until if until in FREEZE_ORDER else f"inception{until}"
+    if name not in FREEZE_ORDER:
+        choices = ", ".join(n.removeprefix("inception") for n in FREEZE_ORDER)
+        raise UserError(f"--freeze {until!r} is not a module; choose one of {choices}")
+    frozen = list(FREEZE_ORDER[: FREEZE_ORDER.index(name) + 1])
+    for module_name in frozen:
+        for p in getattr(model, module_name).parameters():
+            p.requires_grad_(False)
+    return frozen
+
+
+# ------------------------------------------------------------------ optimisation
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Weight decay on conv/linear weights only (not biases or batch-norm parameters)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+
+
+class LRSchedule:
+    """Learning-rate factor per step (a LambdaLR callable whose attributes are its state).
+
+    onecycle: linear warm-up from 4% to the peak, then linear decay to final_lr_scale;
+    cosine: the same warm-up, then a cosine decay; step: factor gamma^(epoch // every).
+    """
+
+    def __init__(self, config: TrainConfig, total_steps: int, steps_per_epoch: float) -> None:
+        self.kind = config.schedule
+        self.total_steps = int(total_steps)
+        self.steps_per_epoch = float(steps_per_epoch)
+        self.warmup = float(config.warmup)
+        self.final = float(config.final_lr_scale)
+        self.every = float(config.step_every)
+        self.gamma = float(config.step_gamma)
+
+    def __call__(self, step: int) -> float:
+        if self.kind == "step":
+            return self.gamma ** math.floor(step / (self.steps_per_epoch * self.every))
+        warm = self.warmup * self.total_steps
+        if step < warm:
+            return 0.04 + 0.96 * step / warm
+        progress = min(1.0, (step - warm) / max(1.0, self.total_steps - warm))
+        if self.kind == "cosine":
+            return self.final + (1 - self.final) * 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0 + (self.final - 1.0) * progress
+
+
+# ------------------------------------------------------------------ precision
+def cpu_supports_bf16() -> bool:
+    """True where the CPU has native bf16 arithmetic (AVX512-BF16 or AMX), where bf16
+    autocast is faster than fp32; elsewhere it is emulated and slower."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None  # fp16 would need loss scaling
+    return torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else None

@@ -1,0 +1,65 @@
+"""--resume continues exactly: a run killed (SIGKILL) after its first epoch's checkpoint and
+resumed ends bit-identical to an uninterrupted run."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from train_fakes import write_fake_fashion_mnist
+
+TINY = ["--limit-train", "96", "--limit-test", "32", "--epochs", "2", "--batch-size", "16", "--input-size", "12",
+        "--device", "cpu", "--seed", "7", "--precision", "fp32", "--set", "lr=0.05"]
+
+
+def _command(data: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "googlenet", "train", "--data", str(data), *TINY, *extra]
+
+
+def _env(tmp_path: Path) -> dict:
+    # One thread in every run: the same reduction order, so bit-identical results.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "GOOGLENET_CACHE": str(tmp_path / "cache"),
+            "MPLBACKEND": "Agg"}
+
+
+def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path):
+    data = write_fake_fashion_mnist(tmp_path / "fm", n_train=96, n_test=32)
+    env = _env(tmp_path)
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    subprocess.run(_command(data, "--out", str(whole)), env=env, check=True, capture_output=True, timeout=300)
+
+    child = subprocess.Popen(_command(data, "--out", str(broken)), env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (broken / "last.pt").exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    saved = torch.load(broken / "last.pt", weights_only=True)
+    if saved["epoch"] != 1:
+        pytest.fail(f"the kill came late (checkpoint of epoch {saved['epoch']}); the test needs a slower epoch 2")
+    assert not (broken / "model.safetensors").exists()
+
+    resumed = subprocess.run([sys.executable, "-m", "googlenet", "train", "--resume", str(broken)], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+
+    expected, got = load_file(whole / "model.safetensors"), load_file(broken / "model.safetensors")
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    raw_expected = torch.load(whole / "last.pt", weights_only=True)
+    raw_got = torch.load(broken / "last.pt", weights_only=True)
+    for key, value in raw_expected["model"].items():
+        assert torch.equal(value, raw_got["model"][key]), key
+    assert raw_expected["step"] == raw_got["step"] == 12
+    assert (broken / "metrics.csv").read_text() .count("\n") == 3  # header + 2 epochs, no duplicate
