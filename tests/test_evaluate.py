@@ -255,3 +255,62 @@ def test_weights_without_a_dataset_need_dataset_flag(tmp_path, tiny_model):
     googlenet.save_weights(model, path, **meta_for())  # no "dataset" key
     with pytest.raises(UserError, match="--dataset"):
         evaluate(path)
+
+
+def test_eval_image_folder_skips_unreadable_files(tmp_path, capsys):
+    from PIL import Image
+
+    torch.manual_seed(3)
+    model = googlenet.create_model("googlenet_cifar", in_chans=3, num_classes=2, aux_logits=False)
+    weights = tmp_path / "folder.safetensors"
+    googlenet.save_weights(model, weights, class_names=["cat", "dog"], input_size=SIZE, resize=SIZE,
+                           mean=[0.5] * 3, std=[0.25] * 3, dataset="imagefolder")
+    sizes = {"cat": [(10, 12), (9, 9)], "dog": [(12, 10), (16, 8)]}
+    for name, shapes in sizes.items():
+        (tmp_path / "data" / "val" / name).mkdir(parents=True)
+        for i, (w, h) in enumerate(shapes):
+            pixels = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8).numpy()
+            Image.fromarray(pixels).save(tmp_path / "data" / "val" / name / f"{i}.png")
+    (tmp_path / "data" / "val" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    result = evaluate(weights, data_dir=tmp_path / "data", device="cpu")
+    assert result.num_images == 4 and result.per_class_total == [2, 2] and result.class_names == ["cat", "dog"]
+    assert len(result.skipped) == 1 and "broken.png" in result.skipped[0]
+    assert cli_main(["eval", str(weights), "--data", str(tmp_path / "data"), "--limit-test", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "broken.png" not in captured.err  # the 2-image subset takes one image per class
+    with pytest.raises(UserError, match="--data"):
+        evaluate(weights)
+
+
+def test_a_malicious_pickle_as_weights_runs_no_code(tmp_path, capsys):
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    pickle.loads(pickle.dumps(Exploit()))  # the payload is live: loading it creates the marker
+    assert marker.exists()
+    marker.unlink()
+    for name in ("model.pth", "model.safetensors"):
+        evil = tmp_path / name
+        evil.write_bytes(pickle.dumps(Exploit()))
+        assert cli_main(["eval", str(evil), "--dataset", "fashion-mnist"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert name in err and len(err.splitlines()) == 1
+    assert not marker.exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_and_bf16_agree_with_cpu(tiny_model):
+    images = torch.randint(0, 256, (16, 1, SIZE, SIZE), dtype=torch.uint8)
+    labels = torch.arange(16) % 10
+    cpu, _ = class_probabilities(TorchClassifier(tiny_model, "cpu"), [(images, labels)])
+    gpu, _ = class_probabilities(TorchClassifier(tiny_model, "cuda"), [(images, labels)])
+    bf16, _ = class_probabilities(TorchClassifier(tiny_model, "cuda", bf16=True), [(images, labels)])
+    tiny_model.to("cpu")
+    assert torch.allclose(cpu, gpu, atol=1e-4)
+    assert torch.allclose(cpu, bf16, atol=5e-2)

@@ -191,6 +191,7 @@ class EvalResult:
     models: list[str] = field(default_factory=list)
     dataset: str = ""
     notes: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # one-line reasons for unreadable test images
     seconds: float = 0.0
 
     @property
@@ -304,22 +305,30 @@ def _check_dataset_classes(dataset_names: Sequence[str], model_names: Sequence[s
     return notes
 
 
-def _image_folder_batches(root: str | os.PathLike, channels: int, limit: int | None):
+def _image_folder_batches(root: str | os.PathLike, channels: int, limit: int | None, skipped: list[str]):
+    """(class names, image count, batch factory) for DIR/val/<class>/*. Files are decoded with
+    the same guarded reader as predict; unreadable ones are skipped and listed in `skipped`."""
     from .data import image_folder
-    from .images import pil_to_uint8
+    from .images import ImageReadError, read_image
 
-    dataset = image_folder(root, "test", transform=lambda image: pil_to_uint8(image, channels))
-    indices = list(range(len(dataset)))
-    if limit is not None and limit < len(indices):
-        # Spread over the (class-sorted) folder so every class is represented.
-        indices = [math.floor(i * len(dataset) / limit) for i in range(limit)]
+    folder = image_folder(root, "test")
+    samples = list(folder.samples)  # (path, label), sorted by class
+    class_names = folder.class_names
+    if limit is not None and limit < len(samples):
+        # Spread over the class-sorted list so every class is represented.
+        samples = [samples[math.floor(i * len(samples) / limit)] for i in range(limit)]
 
     def batches() -> Iterator[tuple[Tensor, Tensor]]:
-        for i in indices:
-            image, label = dataset[i]
+        skipped.clear()
+        for path, label in samples:
+            try:
+                image = read_image(path, channels)
+            except ImageReadError as e:
+                skipped.append(str(e))
+                continue
             yield image.unsqueeze(0), torch.tensor([label])
 
-    return dataset.class_names, len(indices), batches
+    return class_names, len(samples), batches
 
 
 def evaluate(weights: str | os.PathLike, dataset: str | None = None, data_dir: str | os.PathLike | None = None,
@@ -339,10 +348,12 @@ def evaluate(weights: str | os.PathLike, dataset: str | None = None, data_dir: s
     if not dataset:
         raise UserError(f"{paths[0]} does not record its dataset; pass --dataset NAME (and --data DIR)")
     notes: list[str] = []
+    skipped: list[str] = []
     if dataset == "imagefolder":
         if data_dir is None:
             raise UserError("--dataset imagefolder needs --data DIR (with val/<class>/ image folders)")
-        names, count, batches_for = _image_folder_batches(data_dir, int(classifiers[0].meta["in_chans"]), limit)
+        names, count, batches_for = _image_folder_batches(data_dir, int(classifiers[0].meta["in_chans"]), limit,
+                                                          skipped)
         notes += _check_dataset_classes(names, class_names, dataset, paths[0])
         make_batches = lambda _c: batches_for()  # noqa: E731
     else:
@@ -366,8 +377,10 @@ def evaluate(weights: str | os.PathLike, dataset: str | None = None, data_dir: s
     result.crop_description = plan.describe()
     result.models = paths
     result.dataset = dataset
+    if skipped:
+        notes.append(f"warning: skipped {len(skipped)} unreadable image(s) of {count}; accuracy is over the rest")
     result.notes = notes
-    assert result.num_images == count
+    result.skipped = list(skipped)
     return result
 
 

@@ -35,12 +35,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def eval_cmd(args: argparse.Namespace) -> int:
     import json
+    import sys
 
     from ..evaluate import evaluate, format_result
 
     result = evaluate(args.weights, dataset=args.dataset, data_dir=args.data, limit=args.limit_test,
                       crops=args.crops, ensemble=args.ensemble, batch_size=args.batch_size,
                       device=args.device, bf16=args.bf16, backend=args.backend)
+    for reason in result.skipped:
+        print(f"googlenet eval: warning: skipped {reason}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
