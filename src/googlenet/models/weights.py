@@ -87,6 +87,8 @@ def load_state_dict_checked(model: nn.Module, state: dict, source: str) -> None:
     own = model.state_dict()
     if not getattr(model, "aux_logits", True):
         state = {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2."))}
+    # Trunk and classifier first: a wrong class count shows as fc.* before the aux heads.
+    own = dict(sorted(own.items(), key=lambda kv: kv[0].startswith(("aux1.", "aux2."))))
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"

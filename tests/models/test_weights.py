@@ -1,0 +1,69 @@
+"""safetensors weights: bit-exact round trip, metadata rebuilds the model, clear errors."""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+import googlenet
+from googlenet.cli import main
+from googlenet.models.weights import WeightsError
+
+
+def test_round_trip_is_bit_exact(model_name, tmp_path, small_input):
+    model = googlenet.create_model(model_name, num_classes=6, in_chans=1, aux_logits=False)
+    path = tmp_path / "w.safetensors"
+    googlenet.save_weights(model, path, class_names=list("abcdef"), input_size=28, mean=[0.5], std=[0.25])
+    loaded = googlenet.load_weights(path)
+    assert loaded.model_name == model_name and loaded.in_chans == 1 and loaded.num_classes == 6
+    assert loaded.meta["class_names"] == list("abcdef") and loaded.meta["mean"] == [0.5]
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+    x = small_input(model)
+    model.eval(), loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+def test_weights_of_another_class_count_name_the_shapes(tmp_path):
+    path = tmp_path / "w.safetensors"
+    googlenet.save_weights(googlenet.create_model("googlenet_cifar", num_classes=10), path)
+    with pytest.raises(WeightsError) as info:
+        googlenet.create_model("googlenet_cifar", num_classes=5, weights=str(path))
+    message = str(info.value)
+    assert "fc.weight (10, 1024) vs (5, 1024)" in message and "\n" not in message
+
+
+def test_weights_of_another_architecture_name_the_keys(tmp_path):
+    path = tmp_path / "w.safetensors"
+    googlenet.save_weights(googlenet.create_model("googlenet"), path)
+    with pytest.raises(WeightsError, match="missing key.*conv1.bn"):
+        googlenet.create_model("googlenet_bn", weights=str(path))
+
+
+def test_not_a_weights_file(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"definitely not safetensors")
+    with pytest.raises(WeightsError, match="not a safetensors weights file"):
+        googlenet.load_weights(junk)
+    with pytest.raises(WeightsError, match="not found"):
+        googlenet.load_weights(tmp_path / "missing.safetensors")
+
+
+class _Boom:
+    def __reduce__(self):
+        return (exec, ("open(__import__('os').environ['BOOM_FILE'], 'w').write('ran')",))
+
+
+def test_malicious_pickle_does_not_run_on_import(tmp_path, monkeypatch, capsys):
+    marker = tmp_path / "boom"
+    monkeypatch.setenv("BOOM_FILE", str(marker))
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps({"fc.weight": _Boom()}))
+    assert main(["import-torchvision", str(evil), str(tmp_path / "out.safetensors")]) == 2
+    assert not marker.exists()
+    err = capsys.readouterr().err
+    assert "weights_only=True" in err and err.count("\n") == 1
