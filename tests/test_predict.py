@@ -22,7 +22,7 @@ import googlenet
 from googlenet import UserError
 from googlenet.cli import main as cli_main
 from googlenet.images import ImageReadError, read_image
-from googlenet.predict import (TorchClassifier, complete_meta, load_classifier, normalize, predict,
+from googlenet.predict import (TorchClassifier, complete_meta, load_classifier, predict,
                                predict_files, preprocess)
 
 SIZE, RESIZE = 8, 10
@@ -191,8 +191,9 @@ def test_preprocess_resizes_shorter_side_crops_centre_and_normalises():
     x = preprocess(image, meta)
     resized = TF.resize(image.float() / 255, [RESIZE], antialias=True)  # 10 x 15
     assert tuple(resized.shape[-2:]) == (10, 15)
-    expected = (resized[..., 1:9, 3:11] - 0.5) / 0.25
+    expected = (resized[..., 1:9, 4:12] - 0.5) / 0.25  # offsets as torchvision's CenterCrop: 1, round(3.5)
     assert x.shape == (1, SIZE, SIZE) and torch.allclose(x, expected)
+    assert torch.allclose(x, (TF.center_crop(resized, [SIZE]) - 0.5) / 0.25)
 
 
 def test_complete_meta_fills_defaults_and_rejects_inconsistent_metadata():

@@ -72,7 +72,7 @@ def to_channels(images: Tensor, channels: int) -> Tensor:
     if have == 1 and channels == 3:
         return images.expand(*images.shape[:-3], 3, *images.shape[-2:])
     if have == 3 and channels == 1:
-        weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+        weights = torch.tensor([0.299, 0.587, 0.114], device=images.device).view(3, 1, 1)
         luma = (images.float() * weights).sum(dim=-3, keepdim=True)
         return luma.round().clamp(0, 255).to(torch.uint8) if images.dtype == torch.uint8 else luma
     raise UserError(f"cannot map {have}-channel images to a {channels}-channel model")
@@ -86,7 +86,9 @@ def resize_shorter(x: Tensor, size: int) -> Tensor:
 
 
 def centre_offset(length: int, crop: int) -> int:
-    return (length - crop) // 2
+    # torchvision's CenterCrop rounding (half to even), so predict/eval crop exactly where the
+    # training-time evaluation transform does.
+    return int(round((length - crop) / 2.0))
 
 
 def centre_crop(x: Tensor, size: int) -> Tensor:
