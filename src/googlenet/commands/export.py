@@ -1,0 +1,51 @@
+"""`googlenet export WEIGHTS --format onnx|torchscript [--int8] [--dynamic-batch] [--opset N] [--out FILE]`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+# Kept here (not imported from googlenet.export) so `googlenet --help` does not import torch.
+DEFAULT_OPSET = 17
+FORMATS = ("onnx", "torchscript")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="export the inference network to ONNX or TorchScript (optionally int8)",
+        description="Export a weights file's inference network (aux heads dropped, eval mode) with its "
+        "preprocessing and class names embedded. ONNX files are checked with onnx.checker and run "
+        "once with onnxruntime against PyTorch before they are kept.",
+    )
+    p.add_argument("weights", metavar="WEIGHTS", help="a .safetensors weights file written by googlenet")
+    p.add_argument("--format", required=True, help="onnx or torchscript")
+    p.add_argument("--out", metavar="FILE", help="output file (default: next to WEIGHTS, "
+                   "NAME.onnx, NAME.int8.onnx or NAME.torchscript.pt)")
+    p.add_argument("--int8", action="store_true", help="ONNX only: static int8 quantization for CPU, "
+                   "calibrated on training images of the weights' dataset")
+    p.add_argument("--dynamic-batch", action="store_true", help="ONNX only: any batch size (default: 1)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
+                   help=f"ONNX opset, 13-20 (default {DEFAULT_OPSET})")
+    g = p.add_argument_group("int8 calibration")
+    g.add_argument("--calib-dataset", metavar="NAME", help="calibration data (default: the dataset the "
+                   "weights name; 'random' = noise, for tests only)")
+    g.add_argument("--calib-images", type=int, default=300, metavar="N", help="training images used (default 300)")
+    g.add_argument("--data", metavar="DIR", help="where the calibration dataset lives")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import UserError
+
+    if args.format not in FORMATS:
+        raise UserError(f"unknown format {args.format!r}; choose from {', '.join(FORMATS)}")
+    if args.format != "onnx" and (args.dynamic_batch or args.opset != DEFAULT_OPSET):
+        raise UserError("--dynamic-batch and --opset apply to --format onnx only")
+    from ..export import export
+
+    path = export(args.weights, args.format, out=args.out, int8=args.int8, dynamic_batch=args.dynamic_batch,
+                  opset=args.opset, calib_dataset=args.calib_dataset, calib_images=args.calib_images,
+                  data_dir=args.data)
+    kind = "int8 ONNX" if args.int8 else ("ONNX" if args.format == "onnx" else "TorchScript")
+    print(f"wrote {kind} {path} ({path.stat().st_size / 1e6:.1f} MB)", file=sys.stdout)
+    return 0

@@ -1,0 +1,241 @@
+"""Export the inference network (aux heads dropped, eval mode) to ONNX or TorchScript.
+
+The preprocessing a deployment needs (input size, resize, mean, std, class names) travels
+inside the file: ONNX metadata_props (read back by `googlenet.onnx_backend.OnnxClassifier`)
+or a TorchScript extra file (read back by `load_torchscript`). Every ONNX export is checked
+with onnx.checker and run once with onnxruntime against PyTorch before it is kept.
+
+ONNX goes through torch's TorchScript-based exporter (`dynamo=False`): offline it honours
+the requested opset exactly (13-20) and exports in seconds; the torch.export-based one
+(`dynamo=True`, needs onnxscript) starts at opset 18 and is kept as an option.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import RunError, UserError
+from .fileio import atomic_write
+from .onnx_backend import ONNX_META_FORMAT, encode_metadata
+
+FORMATS = ("onnx", "torchscript")
+DEFAULT_OPSET = 17
+# Per-channel int8 (QDQ with an axis) needs opset 13; so do the ops we use in their modern form.
+MIN_OPSET = 13
+MAX_OPSET_TORCHSCRIPT_EXPORTER = 20
+MIN_OPSET_DYNAMO_EXPORTER = 18
+TORCHSCRIPT_META_FORMAT = "googlenet-torchscript/1"
+TORCHSCRIPT_META_FILE = "googlenet_meta.json"
+# onnxruntime vs PyTorch on the same fp32 input, relative to the logits' scale.
+ONNX_TOLERANCE = 1e-4
+
+
+# ------------------------------------------------------------------ the network
+def inference_network(model: nn.Module) -> nn.Module:
+    """A copy of `model` with the aux heads removed, in eval mode, on the CPU."""
+    net = copy.deepcopy(model).cpu()
+    if hasattr(net, "drop_aux"):
+        net.drop_aux()
+    if hasattr(net, "model_options"):
+        net.model_options = {**net.model_options, "aux_logits": False}
+    return net.eval()
+
+
+def export_metadata(model: nn.Module, **extra) -> dict:
+    """Preprocessing and identity of the network, complete (missing keys get predict's defaults)."""
+    from .predict import complete_meta
+
+    native = getattr(getattr(model, "variant", None), "input_size", 224)
+    meta = complete_meta(getattr(model, "meta", {}) or {}, model.num_classes, model.in_chans, native)
+    meta.setdefault("dataset", "")
+    meta.update(model=getattr(model, "model_name", type(model).__name__),
+                options=getattr(model, "model_options", {}), **extra)
+    return meta
+
+
+def example_input(meta: dict, batch: int = 1) -> torch.Tensor:
+    """Random non-zero input of the exported shape (values are irrelevant to the graph)."""
+    size = int(meta["input_size"])
+    return torch.rand(batch, int(meta["in_chans"]), size, size) + 0.1
+
+
+# ------------------------------------------------------------------ ONNX
+def check_opset(opset: int, dynamo: bool = False) -> None:
+    low = MIN_OPSET_DYNAMO_EXPORTER if dynamo else MIN_OPSET
+    high = torch.onnx._constants.ONNX_MAX_OPSET if dynamo else MAX_OPSET_TORCHSCRIPT_EXPORTER
+    if opset < low:
+        raise UserError(f"--opset {opset} is too old: GoogLeNet exports at opset {low}-{high} "
+                        f"(default {DEFAULT_OPSET}); pass --opset {max(low, DEFAULT_OPSET)}")
+    if opset > high:
+        raise UserError(f"--opset {opset} is newer than this torch can write ({low}-{high}); "
+                        f"pass --opset {high} or lower")
+
+
+def export_onnx(model: nn.Module, out: str | os.PathLike, opset: int = DEFAULT_OPSET,
+                dynamic_batch: bool = False, dynamo: bool = False, verify: bool = True,
+                meta: dict | None = None) -> Path:
+    """Write `model`'s inference network as ONNX with metadata_props; check and verify it.
+
+    dynamic_batch: the batch dimension is symbolic ("batch"); otherwise it is 1.
+    verify: run the file with onnxruntime and compare with PyTorch (RunError beyond tolerance).
+    """
+    import onnx
+
+    check_opset(opset, dynamo)
+    net = inference_network(model)
+    meta = meta if meta is not None else export_metadata(net)
+    meta = {**meta, "format": ONNX_META_FORMAT, "opset": opset, "dynamic_batch": dynamic_batch,
+            "int8": bool(meta.get("int8", False))}
+    x = example_input(meta)
+
+    def write(tmp: str) -> None:
+        _torch_onnx_export(net, x, tmp, opset, dynamic_batch, dynamo)
+        proto = onnx.load(tmp)
+        set_metadata(proto, meta)
+        proto.doc_string = f"GoogLeNet {meta['model']} inference network, exported by googlenet"
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, tmp)
+
+    path = atomic_write(out, write)
+    if verify:
+        verify_onnx(path, net, batches=(1, 3) if dynamic_batch else (1,))
+    return path
+
+
+def _torch_onnx_export(net: nn.Module, x: torch.Tensor, path: str, opset: int,
+                       dynamic_batch: bool, dynamo: bool) -> None:
+    kwargs: dict = dict(input_names=["input"], output_names=["logits"], opset_version=opset, dynamo=dynamo)
+    if dynamo:
+        kwargs.update(external_data=False, verbose=False)
+        if dynamic_batch:
+            kwargs["dynamic_shapes"] = {"x": {0: torch.export.Dim("batch")}}
+    else:
+        kwargs["do_constant_folding"] = True  # folds batch norm into the convolutions
+        if dynamic_batch:
+            kwargs["dynamic_axes"] = {"input": {0: "batch"}, "logits": {0: "batch"}}
+    with warnings.catch_warnings(), torch.no_grad():
+        # The TorchScript-based exporter is deprecated in favour of dynamo but still the
+        # one that writes any opset from 13; its DeprecationWarning is noise for users.
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=FutureWarning)
+        torch.onnx.export(net, (x,), path, **kwargs)
+
+
+def set_metadata(proto, meta: dict) -> None:
+    """Replace the model's metadata_props with `meta` (values JSON-encoded)."""
+    del proto.metadata_props[:]
+    for key, value in encode_metadata(meta).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def verify_onnx(path: str | os.PathLike, net: nn.Module, batches: tuple[int, ...] = (1,),
+                tolerance: float = ONNX_TOLERANCE) -> float:
+    """Largest |onnxruntime - PyTorch| over random batches, scaled by the logits' size;
+    RunError when it exceeds `tolerance`. Returns the worst scaled difference."""
+    from .onnx_backend import OnnxClassifier
+
+    runtime = OnnxClassifier(path, threads=1)  # a few small batches: one thread is enough
+    worst = 0.0
+    for batch in batches:
+        x = example_input(runtime.meta, batch)
+        with torch.no_grad():
+            expected = net(x)
+        got = runtime(x)
+        diff = (got - expected).abs().max().item() / max(1.0, expected.abs().max().item())
+        worst = max(worst, diff)
+    if worst > tolerance:
+        raise RunError(f"{path}: onnxruntime differs from PyTorch by {worst:.2e} (> {tolerance:.0e}); "
+                       "try another --opset")
+    return worst
+
+
+# ------------------------------------------------------------------ TorchScript
+def export_torchscript(model: nn.Module, out: str | os.PathLike, method: str = "script",
+                       meta: dict | None = None) -> Path:
+    """Write the inference network as TorchScript (`method` "script" or "trace"), with the
+    metadata as the extra file googlenet_meta.json."""
+    if method not in ("script", "trace"):
+        raise ValueError(f"method must be 'script' or 'trace', not {method!r}")
+    net = inference_network(model)
+    meta = meta if meta is not None else export_metadata(net)
+    meta = {**meta, "format": TORCHSCRIPT_META_FORMAT, "method": method}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", category=FutureWarning)  # torch.jit is "deprecated"
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        if method == "script":
+            compiled = torch.jit.script(net)
+        else:
+            compiled = torch.jit.trace(net, example_input(meta))
+    extra = {TORCHSCRIPT_META_FILE: json.dumps(meta)}
+    return atomic_write(out, lambda tmp: torch.jit.save(compiled, tmp, _extra_files=extra))
+
+
+def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, dict]:
+    """The TorchScript module and its metadata (UserError if the file is not our export)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"TorchScript file not found: {path}")
+    extra = {TORCHSCRIPT_META_FILE: ""}
+    try:
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as e:  # RuntimeError from the zip/archive reader
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"{path} is not a TorchScript file ({first})") from None
+    try:
+        meta = json.loads(extra[TORCHSCRIPT_META_FILE] or "{}")
+    except json.JSONDecodeError:
+        meta = {}
+    if meta.get("format") != TORCHSCRIPT_META_FORMAT:
+        raise UserError(f"{path}: TorchScript, but not exported by googlenet (no {TORCHSCRIPT_META_FILE})")
+    return module.eval(), meta
+
+
+# ------------------------------------------------------------------ the command
+def default_output(weights: str | os.PathLike, fmt: str, int8: bool) -> Path:
+    stem = Path(weights).with_suffix("")
+    suffix = {"onnx": ".int8.onnx" if int8 else ".onnx", "torchscript": ".torchscript.pt"}[fmt]
+    return stem.with_name(stem.name + suffix)
+
+
+def export(weights: str | os.PathLike, format: str = "onnx", out: str | os.PathLike | None = None,
+           int8: bool = False, dynamic_batch: bool = False, opset: int = DEFAULT_OPSET,
+           calib_dataset: str | None = None, calib_images: int = 300, data_dir: str | None = None,
+           dynamo: bool = False) -> Path:
+    """`googlenet export`: load a weights file (safetensors only, no code runs) and write
+    the inference network in `format`. int8: static quantization for CPU (ONNX only),
+    calibrated on `calib_images` training images of the weights' dataset (or
+    `calib_dataset`; "random" uses noise, for plumbing tests only)."""
+    from .models.weights import load_weights
+
+    if format not in FORMATS:
+        raise UserError(f"unknown format {format!r}; choose from {', '.join(FORMATS)}")
+    if int8 and format != "onnx":
+        raise UserError("--int8 needs --format onnx (int8 runs through onnxruntime's CPU kernels)")
+    if format == "onnx":
+        check_opset(opset, dynamo)
+    out = Path(out) if out is not None else default_output(weights, format, int8)
+    if out.resolve() == Path(weights).resolve():
+        raise UserError(f"--out {out} would overwrite the weights file; choose another name")
+    model = load_weights(weights)  # WeightsError (a UserError) for anything that is not ours
+    if format == "torchscript":
+        return export_torchscript(model, out)
+    if not int8:
+        return export_onnx(model, out, opset=opset, dynamic_batch=dynamic_batch, dynamo=dynamo)
+
+    from .quantize import calibration_batches, quantize_onnx
+
+    net = inference_network(model)
+    meta = export_metadata(net)
+    batches = calibration_batches(meta, calib_dataset, calib_images, data_dir)
+    with tempfile.TemporaryDirectory(prefix="googlenet-export-") as tmp:
+        fp32 = export_onnx(net, Path(tmp) / "fp32.onnx", opset=opset, dynamic_batch=dynamic_batch,
+                           dynamo=dynamo, meta=meta)
+        return quantize_onnx(fp32, out, batches)

@@ -1,0 +1,113 @@
+"""Post-training static int8 quantization of an exported ONNX model, for onnxruntime on CPU.
+
+onnxruntime's quantizer calibrates activation ranges (min/max) on a few hundred training
+images preprocessed exactly as at inference, then writes a QDQ model: int8 weights
+(one scale per output channel) and int8 activations, which onnxruntime's CPU kernels
+fuse into integer convolutions.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .fileio import atomic_write
+
+CALIBRATION_BATCH = 16  # images per calibration run: bounds memory at 224 px
+RANDOM_CALIBRATION = "random"
+
+
+def calibration_batches(meta: dict, dataset: str | None, count: int, data_dir: str | None = None,
+                        seed: int = 0) -> list[np.ndarray]:
+    """`count` training images of `dataset` (default: the one the weights name) as the
+    normalised float arrays the network takes, in batches of CALIBRATION_BATCH.
+
+    dataset "random": uniform noise in [0, 1] pixel space, normalised the same way (only
+    useful to test the plumbing; real calibration needs real images)."""
+    from .predict import normalize, preprocess
+
+    if count <= 0:
+        raise UserError(f"--calib-images must be a positive number of images, got {count}")
+    name = dataset or meta.get("dataset") or ""
+    if not name:
+        raise UserError("the weights do not name the dataset they were trained on; pass "
+                        "--calib-dataset NAME (fashion-mnist, cifar10, cifar100) and --data DIR if needed")
+    size, chans = int(meta["input_size"]), int(meta["in_chans"])
+    if name == RANDOM_CALIBRATION:
+        generator = torch.Generator().manual_seed(seed)
+        pixels = torch.rand(count, chans, size, size, generator=generator)
+        images = normalize(pixels, meta["mean"], meta["std"])
+    else:
+        from .data.datasets import load_dataset
+
+        data = load_dataset(name, "train", data_dir, limit=count)
+        images = torch.cat([preprocess(chunk, meta) for chunk in data.images.split(CALIBRATION_BATCH)])
+    return [b.contiguous().numpy() for b in images.split(CALIBRATION_BATCH)]
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over our batches (re-split when the
+    model takes a fixed batch size)."""
+
+    def __init__(self, input_name: str, batches: Sequence[np.ndarray], fixed_batch: int | None) -> None:
+        self.input_name = input_name
+        self.batches = batches
+        self.fixed_batch = fixed_batch
+        self._iter = self._feeds()
+
+    def _feeds(self) -> Iterator[dict]:
+        for batch in self.batches:
+            step = self.fixed_batch or len(batch)
+            for i in range(0, len(batch) - step + 1, step):
+                yield {self.input_name: batch[i:i + step]}
+
+    def get_next(self) -> dict | None:
+        return next(self._iter, None)
+
+    def rewind(self) -> None:
+        self._iter = self._feeds()
+
+
+def quantize_onnx(fp32_path: str | os.PathLike, out: str | os.PathLike, batches: Sequence[np.ndarray],
+                  per_channel: bool = True) -> Path:
+    """Write an int8 QDQ copy of `fp32_path` calibrated on `batches`, keeping its metadata
+    (with int8=true and the calibration size added)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from .onnx_backend import decode_metadata
+    from .export import set_metadata
+
+    fp32 = onnx.load(str(fp32_path))
+    meta = decode_metadata({p.key: p.value for p in fp32.metadata_props})
+    graph_input = fp32.graph.input[0]
+    first_dim = graph_input.type.tensor_type.shape.dim[0]
+    fixed_batch = first_dim.dim_value if first_dim.HasField("dim_value") else None
+    reader = _Reader(graph_input.name, batches, fixed_batch)
+    CalibrationDataReader.register(_Reader)  # the quantizer checks isinstance
+
+    with tempfile.TemporaryDirectory(prefix="googlenet-int8-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quantized = Path(tmp) / "int8.onnx"
+        # Shape inference and graph optimisation first, as onnxruntime recommends.
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared), str(quantized), reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QInt8,  # S8S8 QDQ: onnxruntime's recommended CPU setting
+            weight_type=QuantType.QInt8,
+        )
+        proto = onnx.load(str(quantized))
+        images = sum(len(b) for b in batches)
+        set_metadata(proto, {**meta, "int8": True, "calibration_images": images})
+        onnx.checker.check_model(proto)
+        if not images:
+            raise UserError("no calibration images")
+        return atomic_write(out, lambda path: onnx.save(proto, path))

@@ -1,0 +1,275 @@
+"""Export: ONNX (checked by onnx.checker, run by onnxruntime), TorchScript (script and trace),
+int8, metadata round trips and one-line errors for bad input. Inputs are tiny (32 px) so the
+whole file runs in about a minute on two cores."""
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import googlenet
+from googlenet.cli import main
+from googlenet.errors import UserError
+from googlenet.export import (
+    MIN_OPSET,
+    export_metadata,
+    export_onnx,
+    export_torchscript,
+    inference_network,
+    load_torchscript,
+)
+from googlenet.onnx_backend import OnnxClassifier
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+ALL_MODELS = googlenet.list_models()
+SIZE = 32  # exported input side: small, but every pool still sees >= 1 pixel
+
+
+def tiny_model(name: str) -> torch.nn.Module:
+    in_chans = 1 if name == "googlenet_cifar" else 3
+    model = googlenet.create_model(name, num_classes=10, in_chans=in_chans)
+    model.meta = {"class_names": [f"c{i}" for i in range(10)], "input_size": SIZE, "resize": SIZE,
+                  "mean": [0.25] * in_chans, "std": [0.5] * in_chans, "dataset": "fashion-mnist"}
+    return model.eval()
+
+
+def rand_input(model: torch.nn.Module, batch: int) -> torch.Tensor:
+    return torch.rand(batch, model.in_chans, SIZE, SIZE) * 2 - 0.9  # non-zero, both signs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny inputs on a shared 2-core machine: a second thread only adds spin-waiting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "cifar.safetensors"
+    googlenet.save_weights(tiny_model("googlenet_cifar"), path)
+    return path
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0]
+
+
+# ------------------------------------------------------------------ TorchScript
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_script_and_trace_work_on_every_variant(name):
+    """torchvision's googlenet could not be scripted or traced with its aux heads; ours can."""
+    model = tiny_model(name)  # aux heads still attached
+    x = rand_input(model, 2)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = model(x)
+        scripted = torch.jit.script(model)
+        traced = torch.jit.trace(inference_network(model), x)
+        torch.testing.assert_close(scripted(x), expected)
+        torch.testing.assert_close(traced(x), expected)
+        torch.testing.assert_close(traced(x[:1]), expected[:1])  # traced graph is not tied to batch 2
+        scripted.train()
+        assert isinstance(scripted(x), torch.Tensor)  # one return type, even in train mode
+
+
+def test_torchscript_export_carries_metadata(tmp_path, weights_file, capsys):
+    out = tmp_path / "m.pt"
+    code, stdout, err = run_cli(capsys, "export", str(weights_file), "--format", "torchscript", "--out", str(out))
+    assert code == 0, err
+    assert "TorchScript" in stdout
+    module, meta = load_torchscript(out)
+    model = googlenet.load_weights(weights_file).eval()
+    assert meta["class_names"] == model.meta["class_names"]
+    assert meta["input_size"] == SIZE and meta["in_chans"] == 1 and meta["model"] == "googlenet_cifar"
+    x = rand_input(model, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), model(x))
+
+
+def test_traced_torchscript_export(tmp_path):
+    model = tiny_model("googlenet_tv")
+    module, meta = load_torchscript(export_torchscript(model, tmp_path / "tv.pt", method="trace"))
+    assert meta["method"] == "trace"
+    x = rand_input(model, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), model(x))
+
+
+# ------------------------------------------------------------------ ONNX
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_onnx_matches_pytorch_for_batch_1_and_3(tmp_path, name):
+    model = tiny_model(name)
+    path = export_onnx(model, tmp_path / f"{name}.onnx", dynamic_batch=True, verify=False)
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    # Only the inference network is exported: parameters match it, not the model with aux heads.
+    net = inference_network(model)
+    exported_params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
+    bn_stats = sum(b.numel() for n, b in net.named_buffers() if "running" in n)
+    assert exported_params <= sum(p.numel() for p in net.parameters()) + bn_stats
+    assert exported_params < sum(p.numel() for p in model.parameters())
+    runtime = OnnxClassifier(path, threads=1)
+    for batch in (1, 3):
+        x = rand_input(model, batch)
+        with torch.no_grad():
+            expected = model(x)
+        got = runtime(x)
+        assert got.shape == (batch, 10)
+        assert (got - expected).abs().max().item() <= 1e-4 * max(1.0, expected.abs().max().item())
+
+
+def test_onnx_cli_opset_fixed_batch_and_metadata(tmp_path, weights_file, capsys):
+    out = tmp_path / "m.onnx"
+    code, stdout, err = run_cli(capsys, "export", str(weights_file), "--format", "onnx",
+                                "--opset", str(MIN_OPSET), "--out", str(out))
+    assert code == 0, err
+    proto = onnx.load(str(out))
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [MIN_OPSET]
+    runtime = OnnxClassifier(out, threads=1)
+    assert runtime.fixed_batch == 1
+    model = googlenet.load_weights(weights_file)
+    for key in ("class_names", "input_size", "resize", "mean", "std", "dataset"):
+        assert runtime.meta[key] == pytest.approx(model.meta[key]), key
+    assert runtime.meta["in_chans"] == 1 and runtime.meta["model"] == "googlenet_cifar"
+    # A fixed-batch file still classifies a batch of 2, one image per run.
+    x = rand_input(model, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(runtime(x), model.eval()(x), atol=1e-4, rtol=1e-4)
+
+
+def test_default_output_name_next_to_weights(tmp_path, capsys):
+    weights = tmp_path / "run.safetensors"
+    googlenet.save_weights(tiny_model("googlenet_cifar"), weights)
+    code, _, err = run_cli(capsys, "export", str(weights), "--format", "onnx")
+    assert code == 0, err
+    assert (tmp_path / "run.onnx").is_file()
+
+
+# ------------------------------------------------------------------ int8
+def test_int8_export_is_smaller_and_close(tmp_path, weights_file, capsys):
+    int8 = tmp_path / "m.int8.onnx"
+    code, stdout, err = run_cli(capsys, "export", str(weights_file), "--format", "onnx", "--int8",
+                                "--dynamic-batch", "--calib-dataset", "random", "--calib-images", "32",
+                                "--out", str(int8))
+    assert code == 0, err
+    assert "int8" in stdout
+    model = googlenet.load_weights(weights_file).eval()
+    fp32_bytes = 4 * sum(p.numel() for p in inference_network(model).parameters())
+    assert os.path.getsize(int8) < 0.4 * fp32_bytes  # int8 weights: about a quarter of the bytes
+    proto = onnx.load(str(int8))
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    q = OnnxClassifier(int8, threads=1)
+    assert q.meta["int8"] is True and q.meta["calibration_images"] == 32
+    assert q.meta["class_names"] == model.meta["class_names"]
+    x = (torch.rand(8, 1, SIZE, SIZE) - 0.25) / 0.5  # the calibration distribution, normalised
+    with torch.no_grad():
+        ref = model(x)
+    got = q(x)
+    assert (got - ref).abs().max().item() < 0.1 * (ref.max() - ref.min()).item()
+
+
+def test_int8_calibration_reads_training_images():
+    """Calibration images are preprocessed exactly as predict does it."""
+    from googlenet.data.datasets import FASHION_MNIST_SYSTEM_DIR, load_dataset
+    from googlenet.predict import preprocess
+    from googlenet.quantize import calibration_batches
+
+    if not Path(FASHION_MNIST_SYSTEM_DIR).is_dir():
+        pytest.skip("Fashion-MNIST is not installed")
+    meta = export_metadata(inference_network(tiny_model("googlenet_cifar")))
+    meta.update(input_size=28, resize=28)
+    batches = calibration_batches(meta, "fashion-mnist", 20)
+    assert [len(b) for b in batches] == [16, 4]
+    expected = preprocess(load_dataset("fashion-mnist", "train", limit=20).images, meta)
+    np.testing.assert_allclose(np.concatenate(batches), expected.numpy(), rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------ bad input
+def test_not_a_weights_file(tmp_path, capsys):
+    bad = tmp_path / "notes.safetensors"
+    bad.write_text("hello, not tensors")
+    code, _, err = run_cli(capsys, "export", str(bad), "--format", "onnx")
+    assert_one_line_error(code, err, str(bad))
+    assert not (tmp_path / "notes.onnx").exists()
+
+
+class _Planted:
+    """A pickle whose loading runs code: it would create the folder `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_malicious_pickle_never_runs(tmp_path, capsys, suffix):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / f"evil{suffix}"
+    evil.write_bytes(pickle.dumps({"state_dict": _Planted(marker)}))
+    for fmt in ("onnx", "torchscript"):
+        code, _, err = run_cli(capsys, "export", str(evil), "--format", fmt)
+        assert_one_line_error(code, err, str(evil))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--format", "tflite"], "unknown format"),
+    (["--format", "onnx", "--opset", "9"], "too old"),
+    (["--format", "onnx", "--opset", "99"], "newer"),
+    (["--format", "torchscript", "--int8"], "--int8 needs --format onnx"),
+    (["--format", "onnx", "--int8", "--calib-images", "0"], "positive"),
+])
+def test_bad_flags_are_one_line_errors(weights_file, capsys, argv, needle):
+    code, _, err = run_cli(capsys, "export", str(weights_file), *argv)
+    assert_one_line_error(code, err, needle)
+
+
+def test_missing_weights_and_overwrite_refused(tmp_path, weights_file, capsys):
+    code, _, err = run_cli(capsys, "export", str(tmp_path / "nope.safetensors"), "--format", "onnx")
+    assert_one_line_error(code, err, "not found")
+    code, _, err = run_cli(capsys, "export", str(weights_file), "--format", "onnx", "--out", str(weights_file))
+    assert_one_line_error(code, err, "overwrite")
+
+
+def test_onnx_backend_rejects_files_that_are_not_our_onnx(tmp_path):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00\x01 not a protobuf" * 10)
+    with pytest.raises(UserError, match="not a valid ONNX model"):
+        OnnxClassifier(garbage)
+    with pytest.raises(UserError, match="not found"):
+        OnnxClassifier(tmp_path / "missing.onnx")
+    # A valid ONNX model without our metadata: onnxruntime could run it, but predict
+    # would not know how to preprocess, so it is refused with a hint.
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 2, 2])])
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(foreign))
+    with pytest.raises(UserError, match="not one exported by googlenet"):
+        OnnxClassifier(foreign)
