@@ -13,7 +13,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from train_fakes import write_fake_fashion_mnist
 
 TINY = ["--limit-train", "96", "--limit-test", "32", "--epochs", "2", "--batch-size", "16", "--input-size", "12",
         "--device", "cpu", "--seed", "7", "--precision", "fp32", "--set", "lr=0.05"]
@@ -29,8 +28,8 @@ def _env(tmp_path: Path) -> dict:
             "MPLBACKEND": "Agg"}
 
 
-def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path):
-    data = write_fake_fashion_mnist(tmp_path / "fm", n_train=96, n_test=32)
+def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path, fake_fmnist):
+    data = fake_fmnist(tmp_path / "fm", n_train=96, n_test=32)
     env = _env(tmp_path)
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     subprocess.run(_command(data, "--out", str(whole)), env=env, check=True, capture_output=True, timeout=300)

@@ -70,6 +70,7 @@ class Plan:
     epoch_ends: list[int]  # global step at the end of each epoch
     eval_subset: int | None  # per-epoch evaluation on the first N test images (None: all)
     steps_per_epoch: float  # one pass over the data, for the step schedule
+    light_augment: bool = False  # a budget too short to see every image once: flips only
 
     @staticmethod
     def fixed(epochs: int, steps_per_epoch: int, eval_subset: int | None) -> "Plan":
@@ -189,6 +190,7 @@ class Trainer:
                 c.epochs, self.train_loader.steps_per_epoch, c.eval_subset)
         self.schedule.total_steps = self.plan.total_steps
         self.schedule.steps_per_epoch = self.plan.steps_per_epoch
+        self._apply_light_augment()
 
         final: EvalResult | None = None
         while self.epoch < self.plan.epochs:
@@ -301,26 +303,37 @@ class Trainer:
         eval_rate = self._measure_eval_rate()  # images / s
         test_images = self.info.test_size
         final_eval_s = test_images / eval_rate * (2 if c.tta_flip else 1)
-        overhead_s = 15.0 + 0.03 * budget  # saving, plots, safety margin
+        overhead_s = min(10.0, 0.05 * budget) + 0.02 * budget  # checkpoints, plots, safety margin
         per_epoch_eval_share = 0.05 * budget
         remaining = budget - self.elapsed() - final_eval_s - overhead_s - per_epoch_eval_share
         extra_steps = max(0, int(remaining / step_s))
         total = calib + extra_steps
         per_pass = self.train_loader.steps_per_epoch
         epochs = total // per_pass if total >= 2 * per_pass else min(4, total)
-        epochs = max(1, epochs)
+        epochs = max(1, min(epochs, total // calib))  # the calibration steps fit in epoch 1
         ends = [round(total * (e + 1) / epochs) for e in range(epochs)]
         eval_subset = c.eval_subset
         if eval_subset is None and epochs > 1 and test_images / eval_rate * (epochs - 1) > per_epoch_eval_share:
             batch = self.test_loader.batch_size
             eval_subset = max(batch, int(per_epoch_eval_share * eval_rate / (epochs - 1)) // batch * batch)
             eval_subset = min(eval_subset, test_images)
-        plan = Plan(epochs, total, ends, eval_subset, float(per_pass))
+        light = total < per_pass and hasattr(self.train_loader, "augment")
+        plan = Plan(epochs, total, ends, eval_subset, float(per_pass), light)
         subset_note = f", per-epoch test on the first {eval_subset} images" if eval_subset else ""
+        if light:
+            subset_note += ", under one pass: flips only (no crops/erasing)"
         self.say(f"budget {c.budget}: {step_s:.2f} s/step, {eval_rate:.0f} test img/s -> {total} steps "
                  f"({total * self.train_loader.global_batch} images, {total / per_pass:.2f} passes) in "
                  f"{epochs} epochs{subset_note}; final test on all {test_images} images")
         return plan
+
+    def _apply_light_augment(self) -> None:
+        # Crops and erasing pay off over many passes; a run that sees each image less than
+        # once learns faster on clean images (the model underfits, there is nothing to regularise).
+        if self.plan.light_augment and hasattr(self.train_loader, "augment"):
+            from ..data.gpu_loader import BatchAugment
+
+            self.train_loader.augment = BatchAugment(flip=self.config.flip)
 
     def _measure_eval_rate(self) -> float:
         batch = next(iter(self.test_loader.eval_batches(self.test_loader.batch_size)))[0]

@@ -139,7 +139,8 @@ def _coerce(key: str, value: Any) -> Any:
 
 def check_key(key: str, source: str) -> None:
     if key not in FIELD_NAMES:
-        close = difflib.get_close_matches(key, FIELD_NAMES, n=1, cutoff=0.5)
+        close = difflib.get_close_matches(key, FIELD_NAMES, n=1, cutoff=0.5) or [
+            f for f in FIELD_NAMES if key.startswith(f + "_") or f.startswith(key)][:1]
         hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(FIELD_NAMES)}"
         raise UserError(f"unknown config key {key!r} in {source}{hint}")
 

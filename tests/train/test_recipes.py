@@ -1,0 +1,76 @@
+"""Recipes: shipped YAML files, override order, key and type checks, saved config."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from googlenet.errors import UserError
+from googlenet.train import recipes
+from googlenet.train.recipes import TrainConfig, list_recipes, load_recipe, resolve_config
+
+
+def test_shipped_recipes_load_and_use_known_models():
+    import googlenet
+
+    assert {"paper", "fmnist", "cifar", "finetune"} <= set(list_recipes())
+    for name in list_recipes():
+        config = load_recipe(name)
+        assert config.recipe == name and config.model in googlenet.list_models()
+
+
+def test_paper_recipe_is_the_paper():
+    c = load_recipe("paper")
+    assert (c.model, c.optimizer, c.momentum, c.schedule) == ("googlenet", "sgd", 0.9, "step")
+    assert (c.step_every, c.step_gamma, c.aux_weight, c.dropout, c.dropout_aux) == (8, 0.96, 0.3, 0.4, 0.7)
+    assert c.resized_crop_min_area == 0.08 and c.random_interpolation and c.photometric > 0 and c.ema
+
+
+def test_default_is_fmnist_on_fashion_mnist():
+    c = resolve_config()
+    assert (c.recipe, c.dataset, c.model) == ("fmnist", "fashion-mnist", "googlenet_cifar")
+    assert resolve_config(flags={"dataset": "cifar10"}).recipe == "cifar"
+    assert resolve_config(flags={"dataset": "imagefolder", "weights": "imagenet"}).recipe == "finetune"
+
+
+def test_override_order(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("lr: 0.05\nepochs: 3\nbatch_size: 32\n")
+    c = resolve_config("fmnist", str(path), {"epochs": 5, "lr": None}, ["batch_size=8", "budget=2m", "data=1e3"])
+    assert (c.lr, c.epochs, c.batch_size, c.budget, c.data) == (0.05, 5, 8, "2m", "1e3")
+    assert c.budget_seconds() == 120
+
+
+def test_unknown_key_suggests_the_closest(tmp_path):
+    with pytest.raises(UserError, match="'label_smoothing'"):
+        resolve_config(overrides=["label_smothing=0.2"])
+    path = tmp_path / "bad.yaml"
+    path.write_text("learning_rate: 0.1\n")
+    with pytest.raises(UserError, match=r"unknown config key 'learning_rate' in .*bad.yaml"):
+        resolve_config(config_file=str(path))
+
+
+@pytest.mark.parametrize("override, message", [("epochs=two", "epochs must be int"),
+                                               ("lr=-1", "lr must be positive"),
+                                               ("schedule=linear", "schedule must be one of"),
+                                               ("budget=soon", "duration"), ("lr", "key=value")])
+def test_bad_values_are_user_errors(override, message):
+    with pytest.raises(UserError, match=message):
+        resolve_config(overrides=[override])
+
+
+def test_unknown_recipe():
+    with pytest.raises(UserError, match="did you mean 'paper'"):
+        load_recipe("papr")
+
+
+def test_saved_config_round_trips(tmp_path):
+    c = resolve_config(overrides=["lr=0.3", "freeze=4e"])
+    recipes.save_config(c, tmp_path / "config.yaml")
+    values = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert recipes.config_from_dict(values) == c
+    assert resolve_config(config_file=str(tmp_path / "config.yaml")) == c
+
+
+def test_durations():
+    assert [recipes.parse_duration(t) for t in ("90s", "10m", "1.5h", "45")] == [90, 600, 5400, 45]
+    assert isinstance(TrainConfig().to_dict(), dict)
