@@ -196,6 +196,16 @@ def test_preprocess_resizes_shorter_side_crops_centre_and_normalises():
     assert torch.allclose(x, (TF.center_crop(resized, [SIZE]) - 0.5) / 0.25)
 
 
+def test_extreme_aspect_ratio_keeps_memory_bounded(tmp_path):
+    path = tmp_path / "strip.png"
+    Image.fromarray(np.full((2, 60_000), 200, dtype=np.uint8)).save(path)
+    meta = complete_meta({"input_size": 224, "resize": 256, "mean": [0.5], "std": [0.5]}, 2, 1)
+    x = preprocess(read_image(path, 1), meta)  # unguarded: a 256 x 7,680,000 float image (7.9 GB)
+    assert x.shape == (1, 224, 224) and torch.allclose(x, torch.full_like(x, (200 / 255 - 0.5) / 0.5), atol=1e-5)
+    from googlenet.predict import MAX_ASPECT, resize_shorter
+    assert resize_shorter(torch.zeros(1, 3, 2, 60_000), 2).shape[-1] == 2 * MAX_ASPECT
+
+
 def test_complete_meta_fills_defaults_and_rejects_inconsistent_metadata():
     meta = complete_meta({}, 3, 3, native_size=224)
     assert meta["resize"] == 256 and meta["class_names"] == ["0", "1", "2"] and len(meta["mean"]) == 3
@@ -273,6 +283,7 @@ def test_predict_cli_bad_weights_and_flags(tiny, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ onnxruntime
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the legacy exporter, as export.py uses it
 def test_onnxruntime_backend_matches_torch(tiny, tmp_path):
     pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")

@@ -26,6 +26,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # The paper's single-crop geometry: shorter side 256, centre 224.
 PAPER_INPUT, PAPER_RESIZE = 224, 256
+MAX_ASPECT = 16  # longest kept ratio of the longer to the shorter side (bounds memory)
 
 
 class Classifier(Protocol):
@@ -79,8 +80,19 @@ def to_channels(images: Tensor, channels: int) -> Tensor:
 
 
 def resize_shorter(x: Tensor, size: int) -> Tensor:
-    """Resize so the shorter side is `size` (bilinear, antialiased); exact no-op if it already is."""
-    if min(x.shape[-2:]) == size:
+    """Resize so the shorter side is `size` (bilinear, antialiased); exact no-op if it already is.
+
+    A strip longer than MAX_ASPECT times its width keeps only its centre MAX_ASPECT x width
+    part first: resizing a 1 x 100,000 image to a shorter side of 256 would otherwise need
+    gigabytes, and the centre crops never look that far out.
+    """
+    h, w = x.shape[-2:]
+    short = min(h, w)
+    if max(h, w) > MAX_ASPECT * short:
+        keep = MAX_ASPECT * short
+        top, left = (centre_offset(h, keep), 0) if h > w else (0, centre_offset(w, keep))
+        x = x[..., top:top + min(h, keep), left:left + min(w, keep)]
+    if short == size:
         return x
     return TF.resize(x, [size], antialias=True)
 
