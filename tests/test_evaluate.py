@@ -214,7 +214,7 @@ def weights_and_data(tmp_path, monkeypatch, tiny_model):
 
 def test_evaluate_file_uses_the_recorded_dataset(weights_and_data, tiny_model):
     path, data, calls = weights_and_data
-    result = evaluate(path, limit=6, device="cpu")
+    result = evaluate(path, limit=6, device="cpu", batch_size=4, progress=True)
     assert calls == [("fashion-mnist", "test", 6)]
     direct = evaluate_arrays(TorchClassifier(tiny_model), data.images[:6], data.labels[:6])
     assert result.num_images == 6 and result.confusion == direct.confusion
@@ -229,7 +229,7 @@ def test_eval_cli_json_and_text(weights_and_data, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["num_images"] == 4 and 0 <= out["top1"] <= 1 and len(out["confusion"]) == 10
     assert out["top1_error"] == pytest.approx(1 - out["top1"])
-    assert cli_main(["eval", str(path), "--limit-test", "2", "--crops", "10", "--ensemble", str(path)]) == 0
+    assert cli_main(["eval", str(path), "--limit-test", "1", "--crops", "10", "--ensemble", str(path)]) == 0
     text = capsys.readouterr().out
     assert "10 crops" in text and "ensemble of 2" in text and "scaled" in text
 

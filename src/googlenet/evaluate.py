@@ -18,7 +18,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -130,11 +130,13 @@ def array_batches(images: Tensor, labels: Tensor, batch_size: int) -> Iterator[t
 
 
 def class_probabilities(classifier: Classifier, batches: Batches, crops: int = 1,
-                        batch_size: int = 256) -> tuple[Tensor, Tensor]:
+                        batch_size: int = 256, on_progress: Callable[[int], None] | None = None
+                        ) -> tuple[Tensor, Tensor]:
     """Softmax probabilities (N x classes, averaged over the crop plan's views) and labels.
 
     `batches` yields (uint8 images n x C x H x W, labels n); images within a batch share a size.
-    Views are packed into forward passes of about `batch_size` images.
+    Views are packed into forward passes of about `batch_size` images; `on_progress(n)` is
+    called after each pass with the number of images it finished.
     """
     meta = classifier.meta
     plan = CropPlan.for_meta(meta, crops)
@@ -154,6 +156,8 @@ def class_probabilities(classifier: Classifier, batches: Batches, crops: int = 1
         probs.append(torch.softmax(logits.float(), dim=1).view(n, v, -1).mean(dim=1).cpu())
         pending.clear()
         pending_rows = 0
+        if on_progress is not None:
+            on_progress(n)
 
     for images, labels in batches:
         x = to_float(to_channels(images.to(device, non_blocking=True), channels))
@@ -261,7 +265,8 @@ def check_same_classes(classifiers: Sequence[Classifier], names: Sequence[str]) 
 
 
 def ensemble_probabilities(classifiers: Sequence[Classifier], make_batches, crops: int = 1,
-                           batch_size: int = 256) -> tuple[Tensor, Tensor]:
+                           batch_size: int = 256, on_progress: Callable[[int], None] | None = None
+                           ) -> tuple[Tensor, Tensor]:
     """Softmax averaged over every model (and, within each, over its crop views).
 
     make_batches(classifier) returns a fresh batch iterable for one pass over the data.
@@ -269,7 +274,7 @@ def ensemble_probabilities(classifiers: Sequence[Classifier], make_batches, crop
     total: Tensor | None = None
     labels: Tensor | None = None
     for classifier in classifiers:
-        probs, labels = class_probabilities(classifier, make_batches(classifier), crops, batch_size)
+        probs, labels = class_probabilities(classifier, make_batches(classifier), crops, batch_size, on_progress)
         total = probs if total is None else total + probs
     assert total is not None and labels is not None
     return total / len(classifiers), labels
@@ -335,8 +340,12 @@ def _image_folder_batches(root: str | os.PathLike, channels: int, limit: int | N
 
 def evaluate(weights: str | os.PathLike, dataset: str | None = None, data_dir: str | os.PathLike | None = None,
              limit: int | None = None, crops: int = 1, ensemble: Sequence[str | os.PathLike] = (),
-             batch_size: int = 256, device: str = "auto", bf16: bool = False, backend: str = "torch") -> EvalResult:
-    """Python API of `googlenet eval`: evaluate a weights file (or an ensemble) on a test set."""
+             batch_size: int = 256, device: str = "auto", bf16: bool = False, backend: str = "torch",
+             progress: bool = False) -> EvalResult:
+    """Python API of `googlenet eval`: evaluate a weights file (or an ensemble) on a test set.
+
+    progress: a progress bar on stderr (images done over all models, img/s, ETA).
+    """
     paths = [str(weights), *map(str, ensemble)]
     if crops not in CROPS:
         raise UserError(f"--crops must be one of {', '.join(map(str, CROPS))}, not {crops}")
@@ -371,7 +380,11 @@ def evaluate(weights: str | os.PathLike, dataset: str | None = None, data_dir: s
                 notes.append(f"note: {path} takes {classifier.meta['in_chans']}-channel input; "
                              f"the {data.in_chans}-channel {dataset} images were converted")
     start = time.perf_counter()
-    probs, labels = ensemble_probabilities(classifiers, make_batches, crops, batch_size)
+    from tqdm import tqdm
+
+    with tqdm(total=count * len(classifiers), unit="img", desc="eval", disable=not progress, leave=False,
+              dynamic_ncols=True) as bar:
+        probs, labels = ensemble_probabilities(classifiers, make_batches, crops, batch_size, bar.update)
     result = compute_metrics(probs, labels, class_names)
     result.seconds = time.perf_counter() - start
     result.crops = crops

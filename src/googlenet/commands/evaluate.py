@@ -41,7 +41,8 @@ def eval_cmd(args: argparse.Namespace) -> int:
 
     result = evaluate(args.weights, dataset=args.dataset, data_dir=args.data, limit=args.limit_test,
                       crops=args.crops, ensemble=args.ensemble, batch_size=args.batch_size,
-                      device=args.device, bf16=args.bf16, backend=args.backend)
+                      device=args.device, bf16=args.bf16, backend=args.backend,
+                      progress=sys.stderr.isatty())
     for reason in result.skipped:
         print(f"googlenet eval: warning: skipped {reason}", file=sys.stderr)
     if args.json:
