@@ -314,3 +314,13 @@ def test_cuda_and_bf16_agree_with_cpu(tiny_model):
     tiny_model.to("cpu")
     assert torch.allclose(cpu, gpu, atol=1e-4)
     assert torch.allclose(cpu, bf16, atol=5e-2)
+
+
+def test_report_of_many_classes_stays_short():
+    probs = torch.eye(200)[torch.arange(400) % 200]
+    labels = torch.arange(400) % 200
+    labels[:7] = 199  # seven wrong answers make classes 0..6 the worst
+    result = compute_metrics(probs, labels, [f"n{i:03d}" for i in range(200)])
+    text = format_result(result)
+    assert "10 worst and 10 best of 200" in text and "omitted" in text
+    assert "n000" in text and "n150" not in text and len(text.splitlines()) < 40

@@ -400,7 +400,7 @@ def evaluate(weights: str | os.PathLike, dataset: str | None = None, data_dir: s
 
 
 # ------------------------------------------------------------------ text report
-def format_result(result: EvalResult, max_confusion_classes: int = 20) -> str:
+def format_result(result: EvalResult, max_confusion_classes: int = 20, max_table_classes: int = 100) -> str:
     """The human-readable report `googlenet eval` prints."""
     models = result.models[0] if len(result.models) == 1 else (
         f"ensemble of {len(result.models)}: " + ", ".join(result.models))
@@ -412,9 +412,15 @@ def format_result(result: EvalResult, max_confusion_classes: int = 20) -> str:
     if result.seconds:
         lines.append(f"time {result.seconds:.1f} s ({result.images_per_second:,.0f} views/s)")
     width = max([len(n) for n in result.class_names] + [5])
-    lines += ["", "per-class accuracy:", f"  {'class':<{width}}  accuracy  correct/total"]
-    for name, acc, correct, total in zip(result.class_names, result.per_class_accuracy,
-                                         result.per_class_correct, result.per_class_total):
+    rows = list(zip(result.class_names, result.per_class_accuracy, result.per_class_correct,
+                    result.per_class_total))
+    title = "per-class accuracy:"
+    if len(rows) > max_table_classes:  # e.g. ImageNet: the 10 worst and 10 best classes
+        ranked = sorted((r for r in rows if r[1] is not None), key=lambda r: r[1])
+        rows = ranked[:10] + ranked[-10:]
+        title = f"per-class accuracy, the 10 worst and 10 best of {len(result.class_names)} classes (all in --json):"
+    lines += ["", title, f"  {'class':<{width}}  accuracy  correct/total"]
+    for name, acc, correct, total in rows:
         shown = f"{acc:8.2%}" if acc is not None else f"{'-':>8}"
         lines.append(f"  {name:<{width}}  {shown}  {correct}/{total}")
     k = len(result.class_names)

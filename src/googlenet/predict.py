@@ -258,9 +258,8 @@ def predict(weights: str | os.PathLike, images: Sequence[str | os.PathLike], top
 def format_prediction(prediction: Prediction) -> str:
     """Human-readable block: the path, then one `probability  label` line per class."""
     lines = [prediction.path]
-    width = max((len(label) for label in prediction.labels), default=0)
     for label, prob in zip(prediction.labels, prediction.probabilities):
-        lines.append(f"  {prob:7.2%}  {label:<{width}}")
+        lines.append(f"  {prob:7.2%}  {label}")
     return "\n".join(lines)
 
 
