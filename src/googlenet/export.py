@@ -167,15 +167,17 @@ def export_torchscript(model: nn.Module, out: str | os.PathLike, method: str = "
     net = inference_network(model)
     meta = meta if meta is not None else export_metadata(net)
     meta = {**meta, "format": TORCHSCRIPT_META_FORMAT, "method": method}
+    extra = {TORCHSCRIPT_META_FILE: json.dumps(meta)}
     with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore", category=FutureWarning)  # torch.jit is "deprecated"
+        # torch.jit is "deprecated" in favour of torch.export, yet it is what C++/mobile
+        # deployments load; the warning is noise for the user here.
+        warnings.simplefilter("ignore", category=FutureWarning)
         warnings.simplefilter("ignore", category=DeprecationWarning)
         if method == "script":
             compiled = torch.jit.script(net)
         else:
             compiled = torch.jit.trace(net, example_input(meta))
-    extra = {TORCHSCRIPT_META_FILE: json.dumps(meta)}
-    return atomic_write(out, lambda tmp: torch.jit.save(compiled, tmp, _extra_files=extra))
+        return atomic_write(out, lambda tmp: torch.jit.save(compiled, tmp, _extra_files=extra))
 
 
 def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, dict]:
@@ -185,7 +187,9 @@ def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, d
         raise UserError(f"TorchScript file not found: {path}")
     extra = {TORCHSCRIPT_META_FILE: ""}
     try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as e:  # RuntimeError from the zip/archive reader
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise UserError(f"{path} is not a TorchScript file ({first})") from None
