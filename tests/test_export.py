@@ -117,9 +117,12 @@ def test_traced_torchscript_export(tmp_path):
 
 
 # ------------------------------------------------------------------ ONNX
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", [*ALL_MODELS, "googlenet_tv+transform_input"])
 def test_onnx_matches_pytorch_for_batch_1_and_3(tmp_path, name):
+    name, _, option = name.partition("+")
     model = tiny_model(name)
+    if option:  # torchvision's ImageNet weights re-normalise the input inside the network
+        model.transform_input = True
     path = export_onnx(model, tmp_path / f"{name}.onnx", dynamic_batch=True, verify=False)
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
@@ -164,6 +167,15 @@ def test_default_output_name_next_to_weights(tmp_path, capsys):
     code, _, err = run_cli(capsys, "export", str(weights), "--format", "onnx")
     assert code == 0, err
     assert (tmp_path / "run.onnx").is_file()
+
+
+def test_dynamo_exporter_also_works(tmp_path):
+    """The torch.export-based exporter (onnxscript) is the fallback if the TorchScript one goes."""
+    model = tiny_model("googlenet_cifar")
+    with pytest.raises(UserError, match="too old"):
+        export_onnx(model, tmp_path / "old.onnx", opset=17, dynamo=True)
+    path = export_onnx(model, tmp_path / "d.onnx", opset=18, dynamic_batch=True, dynamo=True)  # verifies
+    assert OnnxClassifier(path, threads=1).meta["opset"] == 18
 
 
 # ------------------------------------------------------------------ int8

@@ -69,13 +69,18 @@ def example_input(meta: dict, batch: int = 1) -> torch.Tensor:
 # ------------------------------------------------------------------ ONNX
 def check_opset(opset: int, dynamo: bool = False) -> None:
     low = MIN_OPSET_DYNAMO_EXPORTER if dynamo else MIN_OPSET
-    high = torch.onnx._constants.ONNX_MAX_OPSET if dynamo else MAX_OPSET_TORCHSCRIPT_EXPORTER
+    high = _dynamo_max_opset() if dynamo else MAX_OPSET_TORCHSCRIPT_EXPORTER
     if opset < low:
         raise UserError(f"--opset {opset} is too old: GoogLeNet exports at opset {low}-{high} "
                         f"(default {DEFAULT_OPSET}); pass --opset {max(low, DEFAULT_OPSET)}")
     if opset > high:
         raise UserError(f"--opset {opset} is newer than this torch can write ({low}-{high}); "
                         f"pass --opset {high} or lower")
+
+
+def _dynamo_max_opset() -> int:
+    constants = getattr(torch.onnx, "_constants", None)  # private: may move between releases
+    return int(getattr(constants, "ONNX_MAX_OPSET", MIN_OPSET_DYNAMO_EXPORTER))
 
 
 def export_onnx(model: nn.Module, out: str | os.PathLike, opset: int = DEFAULT_OPSET,
