@@ -290,15 +290,9 @@ class Trainer:
         budget = c.budget_seconds()
         calib = CALIBRATION_STEPS.get(self.device.type, 10)
         self.say(f"budget {c.budget}: timing {calib} training steps to fit the schedule ...")
-        times = []
         self._epoch_sums = self._zero_sums()
-        for _ in range(calib):
-            t = time.perf_counter()
-            self._train_steps(0, 1, desc="calibrating", show=False)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t)
-        step_s = float(np.median(times[2:])) if len(times) > 2 else times[-1]
+        step_s = self._calibrate(calib, budget)
+        calib = self.step  # steps taken (fewer when the machine is very slow)
 
         eval_rate = self._measure_eval_rate()  # images / s
         test_images = self.info.test_size
@@ -326,6 +320,39 @@ class Trainer:
                  f"({total * self.train_loader.global_batch} images, {total / per_pass:.2f} passes) in "
                  f"{epochs} epochs{subset_note}; final test on all {test_images} images")
         return plan
+
+    def _calibrate(self, steps: int, budget: float) -> float:
+        """Seconds per step from up to `steps` real training steps (the first per setting is warm-up).
+
+        On a CPU half of them run on one thread and the faster thread count is kept: on a
+        machine shared with other work, one thread can be several times faster than two.
+        """
+        threads = torch.get_num_threads()
+        try_one = self.device.type == "cpu" and threads > 1 and self.process.world_size == 1
+        settings = [threads] * (steps // 2 if try_one else steps) + [1] * (steps - steps // 2 if try_one else 0)
+        timings: dict[int, list[float]] = {}
+        previous, last = None, 0.0
+        stop_at = time.perf_counter() + 0.15 * budget  # never spend much of the budget measuring
+        for n in settings:
+            torch.set_num_threads(n)
+            t = time.perf_counter()
+            self._train_steps(0, 1, desc="calibrating", show=False)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            last = time.perf_counter() - t
+            if n == previous:
+                timings.setdefault(n, []).append(last)
+            previous = n
+            if time.perf_counter() > stop_at and timings.get(threads):
+                break
+        if not timings:
+            torch.set_num_threads(threads)
+            return last
+        best = min(timings, key=lambda n: float(np.median(timings[n])))
+        torch.set_num_threads(best)
+        if best != threads:
+            self.say(f"using 1 CPU thread: faster than {threads} on this machine now (it is busy with other work)")
+        return float(np.median(timings[best]))
 
     def _apply_light_augment(self) -> None:
         # Crops and erasing pay off over many passes; a run that sees each image less than
