@@ -99,3 +99,16 @@ def test_random_resized_crop_full_area_is_identity(mode):
     assert torch.allclose(out, x, atol=1e-5)
     small = T.random_resized_crop(x, 4, g, scale=(0.08, 1.0))
     assert small.shape == (3, 2, 4, 4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_loader_keeps_data_on_the_gpu():
+    data = fake_data(32, chans=1, size=12)
+    augment = BatchAugment(crop_padding=2, flip=True, erasing=0.5, resized_crop_min_area=0.5)
+    loader = TensorLoader(data, batch_size=8, device="cuda", augment=augment, seed=1)
+    assert loader.images.is_cuda
+    x, y = next(loader.train_batches(0, 1, epoch=0))
+    assert x.is_cuda and y.is_cuda and x.shape == (8, 1, 12, 12)
+    again = next(loader.train_batches(0, 1, epoch=0))[0]
+    assert torch.equal(x, again)

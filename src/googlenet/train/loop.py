@@ -329,9 +329,11 @@ class Trainer:
         """
         threads = torch.get_num_threads()
         try_one = self.device.type == "cpu" and threads > 1 and self.process.world_size == 1
-        settings = [threads] * (steps // 2 if try_one else steps) + [1] * (steps - steps // 2 if try_one else 0)
+        # Warm-up step, timed step, for each setting in turn; then alternate.
+        settings = ([threads, threads, 1, 1] + [threads, 1] * steps)[:steps] if try_one else [threads] * steps
         timings: dict[int, list[float]] = {}
-        previous, last = None, 0.0
+        warm: set[int] = set()
+        last = 0.0
         stop_at = time.perf_counter() + 0.15 * budget  # never spend much of the budget measuring
         for n in settings:
             torch.set_num_threads(n)
@@ -340,10 +342,11 @@ class Trainer:
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             last = time.perf_counter() - t
-            if n == previous:
+            if n in warm:
                 timings.setdefault(n, []).append(last)
-            previous = n
-            if time.perf_counter() > stop_at and timings.get(threads):
+            warm.add(n)
+            measured_all = all(timings.get(k) for k in set(settings))
+            if time.perf_counter() > stop_at and (measured_all or time.perf_counter() > stop_at + 0.1 * budget):
                 break
         if not timings:
             torch.set_num_threads(threads)
