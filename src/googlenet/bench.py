@@ -1,0 +1,381 @@
+"""`googlenet bench`: this project's fastest exact path vs torchvision's googlenet, one process.
+
+Every row times two contenders on the same batch, input size, precision and weights
+shape, interleaving their repeats so a busy machine slows both alike:
+  ours         googlenet_tv (the network torchvision computes) through googlenet.fast
+  torchvision  torchvision.models.googlenet, the faster of eager NCHW and channels_last
+               (and, on CUDA, compiled channels_last)
+The training row on CPU has no torchvision counterpart (torchvision has no 28-px
+GoogLeNet): its reference column is the plain, unoptimised googlenet_cifar in eager mode.
+
+Timing rules: warm-up (and compilation) excluded, CUDA synchronised, the median of the
+repeats, random non-zero inputs. speedup = reference time / our time (higher is better).
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .device import resolve_device
+from .fast import optimize
+from .models import create_model
+
+AUX_WEIGHT = 0.3  # the paper's auxiliary loss weight
+EXACT_RTOL = 1e-4  # fp32 rows: max |ours - torchvision| <= 1e-4 x max |torchvision logits|
+
+
+@dataclass
+class Settings:
+    """What a bench run measures; `for_device` gives the defaults, tests shrink them."""
+
+    input_size: int = 224  # inference and GPU training, pixels
+    latency_batch: int = 1
+    throughput_batch: int = 32  # 256 on CUDA
+    train_batch: int = 128  # 256 on CUDA
+    train_input_size: int = 28  # CPU training row (googlenet_cifar)
+    warmup: int = 3  # untimed calls per contender (compilation happens here)
+    repeats: int = 15  # timed calls per contender for latency rows
+    batch_repeats: int = 5  # timed calls per contender for throughput/training rows
+    bf16_cpu_row: bool = True  # an extra, non-exact bf16 CPU latency row
+    compile_torchvision: bool = True  # CUDA: also time torchvision compiled
+
+    @classmethod
+    def for_device(cls, device: torch.device, quick: bool = False) -> "Settings":
+        if device.type == "cuda":
+            s = cls(throughput_batch=256, train_batch=256, warmup=5, repeats=50, batch_repeats=10)
+            return replace(s, repeats=20, batch_repeats=5) if quick else s
+        s = cls()
+        return replace(s, warmup=2, repeats=10, batch_repeats=2, bf16_cpu_row=False) if quick else s
+
+
+@dataclass
+class Row:
+    case: str
+    device: str
+    batch: int
+    precision: str
+    ours: float
+    torchvision: float
+    unit: str  # "ms" (lower is better) or "img/s" (higher is better)
+    speedup: float  # reference time / our time
+    ours_path: str = ""
+    torchvision_path: str = ""  # which of torchvision's variants was fastest
+    reference: str = "torchvision.models.googlenet"
+    max_abs_diff: float | None = None  # ours vs reference logits on the bench input
+    exact: bool | None = None
+    counts: bool = True  # False: an extra row outside the targets (e.g. bf16 on CPU)
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- timing
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(
+    contenders: dict[str, Callable[[], object]], device: torch.device, warmup: int, repeats: int
+) -> dict[str, float]:
+    """Median seconds per call of each contender; repeats alternate between contenders."""
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+        _sync(device)
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+# ---------------------------------------------------------------- models
+def _he_init(model: nn.Module, seed: int = 0) -> None:
+    """Weights that keep activations O(1) (no denormals, meaningful diffs); same for both."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu", generator=gen)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=m.in_features**-0.5, generator=gen)
+
+
+def torchvision_pair(aux_logits: bool) -> tuple[nn.Module, nn.Module]:
+    """torchvision's googlenet and our googlenet_tv holding the very same weights."""
+    import torchvision
+
+    tv = torchvision.models.googlenet(weights=None, aux_logits=aux_logits, init_weights=False)
+    _he_init(tv)
+    ours = create_model("googlenet_tv", aux_logits=aux_logits)
+    ours.load_state_dict(tv.state_dict())  # strict: same keys, same shapes
+    return tv, ours
+
+
+def _channels_last(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model).to(memory_format=torch.channels_last)
+
+
+def _random_input(batch: int, chans: int, size: int, device: torch.device) -> Tensor:
+    gen = torch.Generator().manual_seed(batch * 1000 + size)
+    return (torch.randn(batch, chans, size, size, generator=gen)).to(device)
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def _infer_fn(model: Callable[[Tensor], Tensor], x: Tensor, device: torch.device, precision: str,
+              channels_last: bool) -> Callable[[], Tensor]:
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def run() -> Tensor:
+        with torch.inference_mode(), _autocast(device, precision):
+            return model(x)
+
+    return run
+
+
+def _googlenet_loss(outputs, target: Tensor) -> Tensor:
+    """main + 0.3 x (aux1 + aux2); works for torchvision's and our output tuples."""
+    if isinstance(outputs, tuple):
+        logits, aux1, aux2 = outputs
+        return (F.cross_entropy(logits, target)
+                + AUX_WEIGHT * (F.cross_entropy(aux1, target) + F.cross_entropy(aux2, target)))
+    return F.cross_entropy(outputs, target)
+
+
+def _train_fn(model: nn.Module, x: Tensor, target: Tensor, device: torch.device, precision: str,
+              channels_last: bool) -> Callable[[], None]:
+    """One training step: forward, main + 0.3 x aux losses, backward, SGD step."""
+    model.train()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)  # small lr: stays finite
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with _autocast(device, precision):
+            loss = _googlenet_loss(model(x), target)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def _best(times: dict[str, float], names: list[str]) -> tuple[str, float]:
+    name = min(names, key=lambda n: times[n])
+    return name, times[name]
+
+
+def _row(case: str, device: torch.device, batch: int, precision: str, unit: str, ours: tuple[str, float],
+         ref: tuple[str, float], **extra) -> Row:
+    ours_name, ours_s = ours
+    ref_name, ref_s = ref
+    if unit == "ms":
+        ours_v, ref_v = ours_s * 1e3, ref_s * 1e3
+    else:  # images per second
+        ours_v, ref_v = batch / ours_s, batch / ref_s
+    return Row(case, device.type, batch, precision, round(ours_v, 3), round(ref_v, 3), unit,
+               round(ref_s / ours_s, 3), ours_name, ref_name, **extra)
+
+
+def _max_diff(ours: Tensor, ref: Tensor) -> tuple[float, bool]:
+    diff = (ours.float() - ref.float()).abs().max().item()
+    return diff, diff <= EXACT_RTOL * max(1.0, ref.float().abs().max().item())
+
+
+# ---------------------------------------------------------------- cases
+def bench_inference(device: torch.device, batch: int, s: Settings, precision: str = "fp32",
+                    case: str | None = None, cuda_graphs: bool = False, compile_ours: bool = False,
+                    compile_tv: bool = False, counts: bool = True) -> Row:
+    tv, ours_src = torchvision_pair(aux_logits=False)
+    tv = tv.eval().to(device)
+    x = _random_input(batch, 3, s.input_size, device)
+    ours = optimize(ours_src, device, mode="inference", precision=precision if device.type == "cuda" else "fp32",
+                    compile=compile_ours, cuda_graphs=cuda_graphs, example_shape=tuple(x.shape))
+    ours_precision = precision
+    ours_fn = _infer_fn(ours, x, device, "fp32", channels_last=False)
+    if device.type == "cpu" and precision == "bf16":
+        # CPU bf16: autocast around the folded fp32 engine (not exact; an extra row).
+        ours = optimize(ours_src, device, mode="inference", backend="eager", example_shape=tuple(x.shape))
+        ours_fn = _infer_fn(ours.engine, x, device, "bf16", channels_last=True)
+        ours_precision = "bf16"
+    contenders: dict[str, Callable[[], object]] = {
+        "ours": ours_fn,
+        "eager NCHW": _infer_fn(tv, x, device, precision, channels_last=False),
+        "eager channels_last": _infer_fn(_channels_last(tv), x, device, precision, channels_last=True),
+    }
+    if compile_tv:
+        contenders["compiled channels_last"] = _infer_fn(
+            torch.compile(_channels_last(tv)), x, device, precision, channels_last=True)
+    times = time_interleaved(contenders, device, s.warmup, s.repeats if batch == 1 else s.batch_repeats)
+    diff, exact = _max_diff(ours_fn(), contenders["eager NCHW"]())
+    unit = "ms" if batch == 1 else "img/s"
+    name = case or (f"inference latency {s.input_size}px" if batch == 1 else f"inference {s.input_size}px")
+    path = _describe_inference(ours, ours_precision)
+    return _row(name, device, batch, ours_precision, unit, (path, times["ours"]),
+                _best(times, [n for n in contenders if n != "ours"]),
+                max_abs_diff=diff, exact=exact if precision == "fp32" else None, counts=counts)
+
+
+def _describe_inference(model: nn.Module, precision: str) -> str:
+    parts = ["folded BN", "merged 1x1", "channels_last" if model.channels_last else "NCHW"]
+    if model.resolved_backend == "mkldnn":
+        parts.append("oneDNN conv+ReLU")
+    if precision == "bf16":
+        parts.append("bf16")
+    if model.compile:
+        parts.append("compiled")
+    if model.cuda_graphs:
+        parts.append("CUDA graph")
+    return ", ".join(parts)
+
+
+def bench_train_cifar_cpu(s: Settings) -> Row:
+    """CPU training img/s of googlenet_cifar (28 px, 1 channel): fused vs plain eager."""
+    device = torch.device("cpu")
+    plain = create_model("googlenet_cifar", in_chans=1, num_classes=10)
+    fused_nchw = optimize(copy.deepcopy(plain), device, mode="train", channels_last=False)
+    fused_cl = optimize(copy.deepcopy(plain), device, mode="train", channels_last=True)
+    x = _random_input(s.train_batch, 1, s.train_input_size, device)
+    target = torch.randint(0, 10, (s.train_batch,), generator=torch.Generator().manual_seed(0))
+    contenders = {
+        "fused 1x1, NCHW": _train_fn(fused_nchw, x, target, device, "fp32", channels_last=False),
+        "fused 1x1, channels_last": _train_fn(fused_cl, x, target, device, "fp32", channels_last=True),
+        "plain eager NCHW": _train_fn(plain, x, target, device, "fp32", channels_last=False),
+    }
+    times = time_interleaved(contenders, device, warmup=1, repeats=s.batch_repeats)
+    ours = _best(times, ["fused 1x1, NCHW", "fused 1x1, channels_last"])
+    return _row(f"train googlenet_cifar {s.train_input_size}px", device, s.train_batch, "fp32", "img/s",
+                ours, ("plain eager NCHW", times["plain eager NCHW"]),
+                reference="plain googlenet_cifar, eager NCHW (torchvision has no 28-px GoogLeNet)")
+
+
+def bench_train_cuda(s: Settings, precision: str = "bf16") -> Row:
+    """CUDA training step img/s at 224: ours (fused, channels_last, compiled) vs torchvision."""
+    device = torch.device("cuda")
+    tv, ours_model = torchvision_pair(aux_logits=True)
+    tv = tv.to(device)
+    x = _random_input(s.train_batch, 3, s.input_size, device)
+    target = torch.randint(0, 1000, (s.train_batch,), device=device)
+    ours_model = optimize(ours_model, device, mode="train", compile=True)
+    contenders = {
+        "ours": _train_fn(ours_model, x, target, device, precision, channels_last=True),
+        "eager NCHW": _train_fn(copy.deepcopy(tv), x, target, device, precision, channels_last=False),
+        "eager channels_last": _train_fn(_channels_last(tv), x, target, device, precision, channels_last=True),
+    }
+    if s.compile_torchvision:
+        compiled = _channels_last(tv)
+        compiled.compile()
+        contenders["compiled channels_last"] = _train_fn(compiled, x, target, device, precision, channels_last=True)
+    times = time_interleaved(contenders, device, s.warmup, s.batch_repeats)
+    return _row(f"train {s.input_size}px", device, s.train_batch, precision, "img/s",
+                ("fused 1x1, channels_last, compiled", times["ours"]),
+                _best(times, [n for n in contenders if n != "ours"]))
+
+
+# ---------------------------------------------------------------- the run
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, {platform.machine()}"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+def run_bench(device: str = "cpu", quick: bool = False, settings: Settings | None = None,
+              log: Callable[[str], None] | None = None) -> dict:
+    """Run every case for `device`; returns the JSON-able report."""
+    import torchvision
+
+    dev = resolve_device(device)
+    s = settings or Settings.for_device(dev, quick)
+    torch.manual_seed(0)
+    say = log or (lambda msg: None)
+    cases: list[tuple[str, Callable[[], Row]]]
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        cases = [
+            ("training step", lambda: bench_train_cuda(s)),
+            ("inference", lambda: bench_inference(dev, s.throughput_batch, s, "bf16", compile_ours=True,
+                                                  compile_tv=s.compile_torchvision)),
+            ("batch-1 latency", lambda: bench_inference(dev, s.latency_batch, s, "bf16", cuda_graphs=True)),
+        ]
+    else:
+        cases = [
+            ("batch-1 latency", lambda: bench_inference(dev, s.latency_batch, s)),
+            ("batch throughput", lambda: bench_inference(dev, s.throughput_batch, s)),
+            ("training", lambda: bench_train_cifar_cpu(s)),
+        ]
+        if s.bf16_cpu_row:
+            cases.append(("bf16 latency (not exact)", lambda: bench_inference(
+                dev, s.latency_batch, s, "bf16", case=f"inference latency {s.input_size}px bf16 (not exact)",
+                counts=False)))
+    load_before = _load_average()
+    rows: list[Row] = []
+    for label, case in cases:
+        say(f"bench: {label} ...")
+        start = time.perf_counter()
+        row = case()
+        say(f"bench: {label}: ours {row.ours:g} {row.unit}, reference {row.torchvision:g} {row.unit}, "
+            f"speedup {row.speedup:.2f}x ({time.perf_counter() - start:.0f} s)")
+        rows.append(row)
+    return {
+        "machine": machine_description(dev),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "quick": quick,
+        "load_average": {"before": load_before, "after": _load_average()},
+        "rows": [asdict(r) for r in rows],
+    }
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def format_table(report: dict) -> str:
+    header = ("case", "batch", "precision", "ours", "torchvision", "unit", "speedup", "ours path", "reference path")
+    lines = [header]
+    for r in report["rows"]:
+        lines.append((r["case"], str(r["batch"]), r["precision"], f"{r['ours']:.4g}", f"{r['torchvision']:.4g}",
+                      r["unit"], f"{r['speedup']:.2f}x", r["ours_path"], r["torchvision_path"]))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    notes = [f"machine: {report['machine']}; torch {report['torch']}, torchvision {report['torchvision']}; "
+             f"load average {report['load_average']['before']} -> {report['load_average']['after']}"]
+    for r in report["rows"]:
+        if r["reference"] != "torchvision.models.googlenet":
+            notes.append(f"{r['case']}: reference is {r['reference']}")
+        if r["max_abs_diff"] is not None:
+            verdict = "exact" if r["exact"] else ("not exact" if r["exact"] is False else "n/a")
+            notes.append(f"{r['case']}: max |ours - torchvision| = {r['max_abs_diff']:.2e} ({verdict})")
+    return "\n".join(out + [""] + notes)

@@ -1,0 +1,99 @@
+"""`googlenet bench --quick --json` on tiny settings: the report's shape and arithmetic."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from googlenet.bench import Settings, format_table, time_interleaved
+from googlenet.cli import main
+
+ROW_KEYS = {"case", "device", "batch", "precision", "ours", "torchvision", "unit", "speedup"}
+TINY = ["--input-size", "32", "--throughput-batch", "2", "--train-batch", "4", "--train-input-size", "8",
+        "--repeats", "2"]
+
+
+@pytest.fixture
+def one_thread():
+    # The suite shares 2 cores with other work; one thread keeps this test's time steady.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bench_quick_json_report(capsys, one_thread):
+    assert main(["bench", "--device", "cpu", "--quick", "--json", *TINY]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {"machine", "torch", "rows"} <= set(report)
+    assert report["torch"] == torch.__version__
+    cases = [r["case"] for r in report["rows"]]
+    assert cases == ["inference latency 32px", "inference 32px", "train googlenet_cifar 8px"]
+    for row in report["rows"]:
+        assert ROW_KEYS <= set(row)
+        assert row["device"] == "cpu"
+        assert row["ours"] > 0 and row["torchvision"] > 0
+        if row["unit"] == "ms":  # time: speedup = their time / ours
+            ratio = row["torchvision"] / row["ours"]
+        else:  # img/s: the same ratio of times
+            assert row["unit"] == "img/s"
+            ratio = row["ours"] / row["torchvision"]
+        assert row["speedup"] == pytest.approx(ratio, rel=2e-3)
+    latency, throughput, train = report["rows"]
+    assert (latency["batch"], throughput["batch"], train["batch"]) == (1, 2, 4)
+    # Inference rows are checked for exactness against torchvision on the same input.
+    for row in (latency, throughput):
+        assert row["precision"] == "fp32" and row["exact"] is True
+        assert 0 <= row["max_abs_diff"] < 1e-3
+        assert row["torchvision_path"] in ("eager NCHW", "eager channels_last")
+    assert "torchvision has no 28-px" in train["reference"]
+
+
+def test_bench_table_names_every_case(one_thread):
+    from googlenet.bench import run_bench
+
+    s = Settings(input_size=32, throughput_batch=2, train_batch=2, train_input_size=8, warmup=1,
+                 repeats=1, batch_repeats=1, bf16_cpu_row=False)
+    report = run_bench("cpu", quick=True, settings=s)
+    table = format_table(report)
+    for row in report["rows"]:
+        assert row["case"] in table
+    assert "speedup" in table.splitlines()[0]
+
+
+def test_time_interleaved_takes_medians():
+    calls = {"a": 0, "b": 0}
+
+    def a():
+        calls["a"] += 1
+
+    def b():
+        calls["b"] += 1
+        sum(range(20000))
+
+    times = time_interleaved({"a": a, "b": b}, torch.device("cpu"), warmup=2, repeats=5)
+    assert calls == {"a": 7, "b": 7}
+    assert 0 < times["a"] < times["b"]
+
+
+def test_bench_cuda_without_gpu_is_one_line_error(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert main(["bench", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no CUDA GPU" in err[0]
+
+
+def test_gpu_script_without_cuda_says_so_and_exits_zero(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu.sh"
+    env = {**os.environ, "OUT": str(tmp_path)}
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0
+    assert "no CUDA GPU visible" in done.stdout and "nothing measured" in done.stdout
+    assert "no CUDA GPU visible" in (tmp_path / "log").read_text()
