@@ -285,3 +285,22 @@ def test_onnx_backend_rejects_files_that_are_not_our_onnx(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(foreign))
     with pytest.raises(UserError, match="not one exported by googlenet"):
         OnnxClassifier(foreign)
+
+
+def test_int8_calibration_from_an_image_folder(tmp_path):
+    from PIL import Image
+
+    from googlenet.quantize import calibration_batches
+
+    for cls in ("cat", "dog"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        for i in range(3):
+            pixels = np.full((40, 50, 3), 60 * i + (100 if cls == "dog" else 0), np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "train" / cls / f"{i}.png")
+    (tmp_path / "train" / "dog" / "broken.png").write_bytes(b"not a png")
+    meta = {"input_size": SIZE, "resize": SIZE, "in_chans": 3, "mean": [0.5] * 3, "std": [0.25] * 3}
+    (batch,) = calibration_batches(meta, "imagefolder", 4, str(tmp_path))
+    assert batch.shape == (4, 3, SIZE, SIZE)
+    assert len({round(float(v), 4) for v in batch.mean(axis=(1, 2, 3))}) > 1  # drawn from both classes
+    with pytest.raises(UserError, match="--data"):
+        calibration_batches(meta, "imagefolder", 4, None)

@@ -42,12 +42,31 @@ def calibration_batches(meta: dict, dataset: str | None, count: int, data_dir: s
         generator = torch.Generator().manual_seed(seed)
         pixels = torch.rand(count, chans, size, size, generator=generator)
         images = normalize(pixels, meta["mean"], meta["std"])
+    elif name == "imagefolder":
+        images = torch.stack([preprocess(image, meta) for image in _folder_images(data_dir, count, chans)])
     else:
         from .data.datasets import load_dataset
 
         data = load_dataset(name, "train", data_dir, limit=count)
         images = torch.cat([preprocess(chunk, meta) for chunk in data.images.split(CALIBRATION_BATCH)])
     return [b.contiguous().numpy() for b in images.split(CALIBRATION_BATCH)]
+
+
+def _folder_images(root: str | None, count: int, channels: int) -> Iterator[torch.Tensor]:
+    """`count` images spread evenly over root/train (its files are sorted by class), decoded
+    by the guarded reader predict uses; unreadable files are skipped."""
+    from .data.datasets import image_folder
+    from .images import ImageReadError, read_image
+
+    if not root:
+        raise UserError("int8 calibration on an ImageFolder needs --data DIR (the folder holding train/)")
+    samples = image_folder(root, "train").samples
+    step = max(1, len(samples) // count)
+    for path, _ in samples[::step][:count]:
+        try:
+            yield read_image(path, channels)
+        except ImageReadError:
+            continue
 
 
 class _Reader:
