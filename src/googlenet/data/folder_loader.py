@@ -8,6 +8,7 @@ order is the same seeded `SampleStream`, split between ranks per global batch.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Iterator
 
 import torch
@@ -25,7 +26,22 @@ class _Indexed(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int):
-        return self.dataset[self.indices[i]]
+        # An unreadable file must not end a long run: say so once and use the next readable image.
+        from ..errors import RunError
+        from ..images import ImageReadError
+
+        for offset in range(len(self.indices)):
+            try:
+                return self.dataset[self.indices[(i + offset) % len(self.indices)]]
+            except ImageReadError as e:
+                if str(e) not in _REPORTED:
+                    _REPORTED.add(str(e))
+                    print(f"warning: skipping unreadable image {e}", file=sys.stderr, flush=True)
+        raise RunError(f"none of the {len(self.indices)} images in this batch range can be read; "
+                       "check the image folder (see the warnings above)")
+
+
+_REPORTED: set[str] = set()  # reasons already printed by this process (each worker has its own)
 
 
 class FolderLoader:
@@ -91,6 +107,11 @@ class FolderLoader:
         self.dataset.transform = None
         from torchvision.transforms import v2
 
-        image = self.dataset[index][0]
+        from ..images import ImageReadError
+
+        try:
+            image = self.dataset[index][0]
+        except ImageReadError:  # already reported; the plot shows a blank tile
+            return torch.zeros(3, 8, 8, dtype=torch.uint8)
         resized = self.eval_transform.transforms[:3] if self.eval_transform is not None else []
         return v2.Compose([*resized, v2.PILToTensor()])(image)
