@@ -37,3 +37,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     except OSError:
         pass
     return path
+
+
+def load_error_reason(error: BaseException) -> str:
+    """A short reason for a failed torch.load(weights_only=True), for one-line errors.
+
+    torch's own message for a refused object goes on to suggest weights_only=False, the one
+    thing that would run whatever code the file carries: say what happened instead.
+    """
+    text = str(error).strip()
+    if "Weights only load failed" in text:
+        return ("it holds pickled Python objects, not just tensors and plain data; refused without running "
+                "them (a file from an untrusted source may carry code)")
+    first = text.splitlines()[0] if text else type(error).__name__
+    return first[:200]

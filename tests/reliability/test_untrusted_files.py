@@ -82,6 +82,7 @@ def test_malicious_pickle_runs_no_code(entry, form, tmp_path, fmnist, capsys):
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in err, err
     assert str(evil) in lines[0] or str(evil.parent) in lines[0], lines[0]
+    assert "False" not in lines[0], f"the error must not suggest weights_only=False: {lines[0]}"
 
 
 def test_malicious_cifar_batch_through_train(tmp_path, capsys, monkeypatch):

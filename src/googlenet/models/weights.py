@@ -153,9 +153,10 @@ def read_torch_checkpoint(path: str | os.PathLike) -> dict:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # pickle.UnpicklingError, RuntimeError, EOFError, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        from ..fileio import load_error_reason
+
         raise WeightsError(f"{path}: cannot be read as a PyTorch checkpoint with weights_only=True "
-                           f"({first[:200]})") from None
+                           f"({load_error_reason(e)})") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

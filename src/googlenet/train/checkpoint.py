@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, load_error_reason
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -45,7 +45,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    """Write atomically; a failed write (disk full, unwritable folder) is a one-line RunError
+    and the previous checkpoint stays as it was."""
+    try:
+        return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        from .guard import save_failed
+
+        raise save_failed(path, e, Path(path).parent) from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -57,9 +64,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"no checkpoint at {path}; --resume takes a run folder holding {LAST}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated file, not a checkpoint
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"{path}: cannot be read as a training checkpoint ({first[:200]})") from None
+    except Exception as e:  # truncated file, not a checkpoint, pickled objects
+        raise UserError(f"{path}: cannot be read as a training checkpoint ({load_error_reason(e)})") from None
     if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
         raise UserError(f"{path}: not a googlenet training checkpoint")
     return payload

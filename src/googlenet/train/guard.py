@@ -1,0 +1,154 @@
+"""What keeps a long run's work when something goes wrong: stop signals, non-finite losses,
+failed saves and the leftovers of a killed one.
+
+- `StopSignals`: the first SIGINT/SIGTERM asks the loop to stop after the current step and
+  save a checkpoint; a second one stops at once (KeyboardInterrupt).
+- `NonFiniteGuard`: the --on-nan policy. "stop" ends the run before a NaN/Inf loss can touch
+  the weights or a checkpoint; "skip" drops that step's update and counts it.
+- `save_failed`: a failed write (disk full, read-only or immutable folder) as one line
+  naming the folder, the free space and how to continue.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+import torch
+from torch import nn
+
+from ..errors import RunError
+
+ON_NAN_CHOICES = ("stop", "skip")
+MAX_SKIPS_IN_A_ROW = 20  # that many bad steps in a row: the weights themselves are broken, skipping cannot help
+STOP_SIGNALS = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+
+
+class StopRequested(RunError):
+    """The run stopped on request after saving a checkpoint; exit code 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
+
+
+class StopSignals:
+    """Context manager that turns the first SIGINT/SIGTERM into a flag the loop checks.
+
+    Handlers are installed only in the main thread (Python's rule) and the previous ones
+    are restored on exit, so the API can run inside other programs.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None:  # asked twice: stop now, without a checkpoint
+            self.__exit__()
+            raise KeyboardInterrupt
+        self.received = signum
+        print(f"\n{STOP_SIGNALS[signum]} received: stopping after this step and saving a checkpoint "
+              "(send it again to stop at once, losing the work since the last checkpoint)",
+              file=sys.stderr, flush=True)
+
+    def stopped(self, step: int, run_dir: Path) -> StopRequested:
+        name = STOP_SIGNALS.get(self.received or signal.SIGINT, str(self.received))
+        return StopRequested(f"stopped by {name} at step {step}; checkpoint saved in {run_dir / 'last.pt'}; "
+                             f"continue with: googlenet train --resume {run_dir}", self.received or signal.SIGINT)
+
+
+class NonFiniteGuard:
+    """Decides what a step with a NaN/Inf loss does (config key / flag on_nan)."""
+
+    def __init__(self, policy: str, lr: float) -> None:
+        if policy not in ON_NAN_CHOICES:
+            raise ValueError(f"on_nan must be one of {ON_NAN_CHOICES}, not {policy!r}")
+        self.policy, self.lr = policy, lr
+        self.skipped = 0  # steps whose update was dropped, over the whole run
+        self.in_a_row = 0
+
+    def allows_update(self, loss: float, step: int, epoch: int, checkpoint: Path) -> bool:
+        """True for a finite loss; False to skip the update; raises RunError to stop the run."""
+        if torch.isfinite(torch.tensor(loss)):
+            self.in_a_row = 0
+            return True
+        kept = (f"{checkpoint} (the last good checkpoint) is kept" if checkpoint.is_file()
+                else "no checkpoint was written yet")
+        where = f"step {step + 1} (epoch {epoch + 1})"
+        if self.policy == "stop":
+            raise RunError(f"the loss became {loss} at {where}; stopped before it reached the weights, {kept}. "
+                           f"Lower the learning rate (--lr, now {self.lr:g}) and start again, or resume and skip "
+                           "such steps with --on-nan skip")
+        self.skipped += 1
+        self.in_a_row += 1
+        if self.in_a_row > MAX_SKIPS_IN_A_ROW:
+            raise RunError(f"the loss was NaN/Inf for {self.in_a_row} steps in a row (up to {where}); the "
+                           f"weights are broken, {kept}. Lower the learning rate (--lr, now {self.lr:g})")
+        return False
+
+
+def buffers_snapshot(model: nn.Module) -> list[torch.Tensor]:
+    """Copies of the model's buffers (batch-norm statistics), restored when a step is skipped:
+    the forward pass of a NaN step has already updated them."""
+    return [b.detach().clone() for b in model.buffers()]
+
+
+def restore_buffers(model: nn.Module, saved: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for buffer, value in zip(model.buffers(), saved):
+            buffer.copy_(value)
+
+
+def all_finite(model: nn.Module) -> bool:
+    """True if every parameter and floating-point buffer is finite (one sync)."""
+    tensors = [t for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()]
+    if not tensors:
+        return True
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+def save_failed(path: str | os.PathLike, error: BaseException, run_dir: str | os.PathLike | None = None) -> RunError:
+    """A one-line RunError for a write that failed (ENOSPC, EACCES, EROFS, EPERM, EFBIG, ...)."""
+    path = Path(path)
+    folder = path.parent
+    reason = getattr(error, "strerror", None) or (str(error).strip().splitlines() or [type(error).__name__])[0]
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2 ** 20:,.0f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    resume = f", then continue with: googlenet train --resume {run_dir}" if run_dir is not None else ""
+    return RunError(f"cannot write {path.name} in {folder} ({reason[:160]}; {free}); the previous file there is "
+                    f"intact. Free disk space or make the folder writable{resume}")
+
+
+def remove_stale_temp_files(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of writes a killed process never finished (fileio.atomic_write
+    names them .<name>.<random>.tmp): each can be as large as a checkpoint."""
+    removed = []
+    for path in Path(run_dir).glob(".*.tmp"):
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
+__all__ = ["NonFiniteGuard", "ON_NAN_CHOICES", "StopRequested", "StopSignals", "all_finite", "buffers_snapshot",
+           "remove_stale_temp_files", "restore_buffers", "save_failed"]
