@@ -21,7 +21,7 @@ PYTHON=${PYTHON:-}
 if [[ -z "$PYTHON" ]]; then
   if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
-RESULTS=${OUT:-bench/results}
+RESULTS=${OUT:-runs/gpu-bench}
 mkdir -p "$RESULTS"
 LOG="$RESULTS/log"
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/.cache/inductor}
@@ -102,7 +102,7 @@ if os.path.exists(path):
     print(f"{'case':<28} {'batch':>5} {'prec':>5} {'ours':>10} {'torchvision':>12} {'unit':>6} {'speedup':>8}")
     for r in report["rows"]:
         print(f"{r['case']:<28} {r['batch']:>5} {r['precision']:>5} {r['ours']:>10.4g} {r['torchvision']:>12.4g} "
-              f"{r['unit']:>6} {r['speedup']:>7.2f}x  (tv: {r['torchvision_path']})")
+              f"{r['unit']:>6} {r['speedup']:>7.2f}x  (reference: {r['torchvision_path']})")
 else:
     print("bench: no results")
 runs = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(results, "fmnist-seed*.json")))]
