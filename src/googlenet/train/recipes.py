@@ -44,6 +44,7 @@ class TrainConfig:
     epochs: int = 10  # passes over the training data (ignored with a budget)
     budget: str | None = None  # wall-clock budget ("10m", "90s", "1h"): the schedule is fitted to it
     batch_size: int = 128  # images per step per process
+    accum_steps: int = 1  # micro-batches of batch_size per optimizer step (global batch = batch x procs x this)
     optimizer: str = "sgd"  # "sgd" (momentum, optional nesterov) | "adamw"
     lr: float = 0.1  # peak learning rate (per global batch of batch_size x processes)
     momentum: float = 0.9
@@ -83,6 +84,8 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False  # torch.compile the model
     workers: int = 4  # imagefolder DataLoader workers
+    sync_bn: bool = False  # several processes: batch-norm statistics over the global batch (SyncBatchNorm)
+    dist_timeout: float = 120.0  # seconds a collective waits for the other processes before the job fails
     seed: int = 0
     tensorboard: bool = False
 
@@ -225,7 +228,7 @@ def validate(config: TrainConfig) -> None:
     for key, allowed in choices.items():
         if getattr(config, key) not in allowed:
             raise UserError(f"{key} must be one of {', '.join(allowed)}, got {getattr(config, key)!r}")
-    positive = ("epochs", "batch_size", "eval_every")
+    positive = ("epochs", "batch_size", "eval_every", "accum_steps", "dist_timeout")
     for key in positive:
         if getattr(config, key) <= 0:
             raise UserError(f"{key} must be positive, got {getattr(config, key)}")
