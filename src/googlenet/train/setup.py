@@ -52,7 +52,9 @@ def build_loaders(config: TrainConfig, device: torch.device, model_in_chans: int
     common = dict(input_size=size, in_chans=in_chans, seed=config.seed, rank=rank, world_size=world_size,
                   channels_last=config.channels_last)
     try:
-        train_loader = TensorLoader(train, config.batch_size, device, augment=augment, **common)
+        # With gradient accumulation a rank's share of a step is accum_steps micro-batches (the loop splits it).
+        train_loader = TensorLoader(train, config.batch_size * config.accum_steps, device, augment=augment,
+                                    **common)
         eval_batch = max(config.batch_size, 256)
         test_loader = TensorLoader(test, eval_batch, device, shuffle=False, **common)
     except ValueError as e:
@@ -85,7 +87,8 @@ def _folder_loaders(config: TrainConfig, device: torch.device, rank: int, world_
         raise UserError(f"{config.data}: train/ and val/ have different class folders")
     common = dict(train_transform=train_tf, eval_transform=eval_tf, workers=config.workers, seed=config.seed,
                   rank=rank, world_size=world_size, channels_last=config.channels_last)
-    train_loader = FolderLoader(_limited(train, config.limit_train), config.batch_size, device, **common)
+    train_loader = FolderLoader(_limited(train, config.limit_train), config.batch_size * config.accum_steps,
+                                device, **common)
     test_loader = FolderLoader(_limited(test, config.limit_test), config.batch_size, device, **common)
     info = DataInfo("imagefolder", train.class_names, 3, size, resize, mean, std,
                     len(train_loader), len(test_loader))
