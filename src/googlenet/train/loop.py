@@ -7,6 +7,7 @@ its share of each global batch (see data/gpu_loader.py).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
@@ -60,6 +61,12 @@ class Process:
     def barrier(self) -> None:
         pass
 
+    def broadcast_object(self, value: Any) -> Any:
+        return value  # rank 0's value, on every rank
+
+    def no_sync(self, model: nn.Module) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # DDP: no gradient all-reduce (accumulation micro-batches)
+
 
 @dataclass
 class Plan:
@@ -107,9 +114,13 @@ def train(config: TrainConfig, out: str | Path | None = None, resume: str | Path
     if resume is not None:
         payload = ckpt.load_checkpoint(resume)
         config = config_from_dict(payload["config"])
+        from .distributed import rescale_for_world_size
+
+        config = rescale_for_world_size(config, int(payload.get("world_size", 1)), process.world_size)
         run_dir = Path(resume)
     else:
         run_dir = Path(out) if out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+        run_dir = Path(process.broadcast_object(str(run_dir)))  # one folder, named by rank 0
         if (run_dir / ckpt.LAST).exists():
             raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                             "or pick another --out")
@@ -184,10 +195,13 @@ class Trainer:
         self.say(f"train {self.model.model_name} on {self.info.name} ({self.info.train_size} train / "
                  f"{self.info.test_size} test images, {len(self.info.class_names)} classes, "
                  f"{self.info.input_size}px) | recipe {c.recipe} | {self.device} {precision} | "
-                 f"batch {c.batch_size}x{self.process.world_size} | run folder {self.run_dir}")
+                 f"global batch {self.train_loader.global_batch} ({c.batch_size}/process x "
+                 f"{self.process.world_size} processes x {c.accum_steps} accumulation), lr {c.lr:g} | "
+                 f"run folder {self.run_dir}")
         if self.plan is None:
             self.plan = self._plan_budget() if c.budget else Plan.fixed(
                 c.epochs, self.train_loader.steps_per_epoch, c.eval_subset)
+            self.plan = self.process.broadcast_object(self.plan)  # every rank takes rank 0's timing
         self.schedule.total_steps = self.plan.total_steps
         self.schedule.steps_per_epoch = self.plan.steps_per_epoch
         self._apply_light_augment()
@@ -260,22 +274,28 @@ class Trainer:
         bar = tqdm(total=steps * self.train_loader.global_batch, desc=desc, unit="img", unit_scale=True,
                    leave=False, dynamic_ncols=True, disable=not (show and self.process.is_main) or None,
                    file=sys.stderr)
-        for x, y in self.train_loader.train_batches(self.step, steps, epoch):
-            with torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
-                outputs = model(x)
-                loss = googlenet_loss(outputs, y, self.criterion, c.aux_weight)
+        for x_step, y_step in self.train_loader.train_batches(self.step, steps, epoch):
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            micro = list(zip(x_step.chunk(c.accum_steps), y_step.chunk(c.accum_steps)))
+            for i, (x, y) in enumerate(micro):
+                # Gradients add up over micro-batches; DDP all-reduces them once, on the last.
+                sync = contextlib.nullcontext() if i == len(micro) - 1 else self.process.no_sync(model)
+                with sync:
+                    with torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16,
+                                        enabled=self.dtype is not None):
+                        outputs = model(x)
+                        loss = googlenet_loss(outputs, y, self.criterion, c.aux_weight)
+                    (loss * (len(y) / len(y_step))).backward()
+                logits = outputs.logits if isinstance(outputs, GoogLeNetOutputs) else outputs
+                loss_sum += loss.detach().float() * len(y)
+                correct += (logits.detach().argmax(1) == y).sum()
             self.optimizer.step()
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update(self.model)
-            logits = outputs.logits if isinstance(outputs, GoogLeNetOutputs) else outputs
-            loss_sum += loss.detach().float() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += len(y)
+            seen += len(y_step)
             self.step += 1
-            bar.update(len(y) * self.process.world_size)
+            bar.update(len(y_step) * self.process.world_size)
         bar.close()
         sums = self._epoch_sums
         sums["loss"] += float(self.process.all_reduce_sum(loss_sum)) / self.process.world_size
@@ -460,6 +480,7 @@ class Trainer:
             "best_top1": self.best_top1,
             "elapsed_s": self.elapsed(),
             "config": self.config.to_dict(),
+            "world_size": self.process.world_size,
         }
 
     def _save_checkpoints(self, best: bool) -> None:
