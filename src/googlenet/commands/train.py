@@ -41,22 +41,63 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="image-folder loading processes")
     p.add_argument("--tensorboard", action="store_true", default=None, help="also write TensorBoard events")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train with N processes on this machine (DistributedDataParallel through torchrun; one "
+                        "per GPU); --batch-size stays per process. Several machines: torchrun --nnodes ... "
+                        "-m googlenet train ...")
     p.set_defaults(func=run)
+
+
+def _train_args(args: argparse.Namespace) -> list[str]:
+    """The command line of this `googlenet train`, without --nproc (what each process runs)."""
+    argv: list[str] = []
+    for key in CONFIG_FLAGS + ("recipe", "config", "out", "resume"):
+        value = getattr(args, key, None)
+        if value is not None:
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+    if args.tensorboard:
+        argv.append("--tensorboard")
+    for pair in args.set:
+        argv += ["--set", pair]
+    return argv
+
+
+def _launch(args: argparse.Namespace) -> int:
+    from ..errors import UserError
+    from ..train import distributed
+
+    if distributed.launched_by_torchrun():
+        raise UserError("--nproc launches torchrun itself; under torchrun leave it out (use --nproc_per_node)")
+    if not args.resume:  # flag mistakes end here in one line, before any process starts
+        from ..train import resolve_config
+
+        resolve_config(args.recipe, args.config, {k: getattr(args, k) for k in CONFIG_FLAGS}, args.set)
+    return distributed.launch_local(args.nproc, _train_args(args))
 
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    from ..train import resolve_config, train
+    if args.nproc is not None and args.nproc != 1:
+        return _launch(args)
+    from ..train import checkpoint, resolve_config, train
+    from ..train.distributed import distributed_session, env_world_size
+    from ..train.recipes import config_from_dict
 
-    if args.resume:
-        given = [f"--{k.replace('_', '-')}" for k in CONFIG_FLAGS + ("recipe", "config", "out")
-                 if getattr(args, k, None) is not None] + (["--set"] if args.set else [])
-        if given:
-            print(f"note: --resume continues with the run's saved config; ignoring {' '.join(given)}")
-        result = train(None, resume=args.resume, started_at=started)
-    else:
+    config = None
+    if not args.resume:
         flags = {k: getattr(args, k) for k in CONFIG_FLAGS}
         flags["tensorboard"] = args.tensorboard
         config = resolve_config(args.recipe, args.config, flags, args.set)
-        result = train(config, out=args.out, started_at=started)
+    elif env_world_size() > 1:  # the process group needs the run's device and timeout
+        config = config_from_dict(checkpoint.load_checkpoint(args.resume)["config"])
+    with distributed_session(config) as process:
+        if args.resume:
+            given = [f"--{k.replace('_', '-')}" for k in CONFIG_FLAGS + ("recipe", "config", "out")
+                     if getattr(args, k, None) is not None] + (["--set"] if args.set else [])
+            if given and process.is_main:
+                print(f"note: --resume continues with the run's saved config; ignoring {' '.join(given)}")
+            result = train(None, resume=args.resume, started_at=started, process=process)
+        else:
+            result = train(config, out=args.out, started_at=started, process=process)
     return 0 if result.test_images > 0 else 1
+
