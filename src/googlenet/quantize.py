@@ -20,6 +20,11 @@ from .fileio import atomic_write
 
 CALIBRATION_BATCH = 16  # images per calibration run: bounds memory at 224 px
 RANDOM_CALIBRATION = "random"
+CALIBRATION_METHODS = {  # activation range from the calibration outputs
+    "minmax": lambda m: m.MinMax,
+    "percentile": lambda m: m.Percentile,
+    "entropy": lambda m: m.Entropy,
+}
 
 
 def calibration_batches(meta: dict, dataset: str | None, count: int, data_dir: str | None = None,
@@ -49,7 +54,9 @@ def calibration_batches(meta: dict, dataset: str | None, count: int, data_dir: s
 
         data = load_dataset(name, "train", data_dir, limit=count)
         images = torch.cat([preprocess(chunk, meta) for chunk in data.images.split(CALIBRATION_BATCH)])
-    return [b.contiguous().numpy() for b in images.split(CALIBRATION_BATCH)]
+    # Equal batches: the histogram calibrators (percentile, entropy) stack them.
+    step = max(d for d in range(1, CALIBRATION_BATCH + 1) if len(images) % d == 0)
+    return [b.contiguous().numpy() for b in images.split(step)]
 
 
 def _folder_images(root: str | None, count: int, channels: int) -> Iterator[torch.Tensor]:
@@ -85,6 +92,9 @@ class _Reader:
             for i in range(0, len(batch) - step + 1, step):
                 yield {self.input_name: batch[i:i + step]}
 
+    def __iter__(self) -> Iterator[dict]:
+        return self._feeds()
+
     def get_next(self) -> dict | None:
         return next(self._iter, None)
 
@@ -93,11 +103,17 @@ class _Reader:
 
 
 def quantize_onnx(fp32_path: str | os.PathLike, out: str | os.PathLike, batches: Sequence[np.ndarray],
-                  per_channel: bool = True) -> Path:
+                  per_channel: bool = True, method: str = "minmax", extra_options: dict | None = None) -> Path:
     """Write an int8 QDQ copy of `fp32_path` calibrated on `batches`, keeping its metadata
     (with int8=true and the calibration size added)."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from .onnx_backend import decode_metadata
@@ -122,6 +138,8 @@ def quantize_onnx(fp32_path: str | os.PathLike, out: str | os.PathLike, batches:
             per_channel=per_channel,
             activation_type=QuantType.QInt8,  # S8S8 QDQ: onnxruntime's recommended CPU setting
             weight_type=QuantType.QInt8,
+            calibrate_method=CALIBRATION_METHODS[method](CalibrationMethod),
+            extra_options=extra_options,
         )
         proto = onnx.load(str(quantized))
         images = sum(len(b) for b in batches)
