@@ -6,7 +6,7 @@ import time
 
 # Command-line flags that map one-to-one onto TrainConfig fields.
 CONFIG_FLAGS = ("model", "dataset", "data", "epochs", "budget", "batch_size", "lr", "device", "seed",
-                "limit_train", "limit_test", "input_size", "weights", "freeze", "precision", "workers")
+                "limit_train", "limit_test", "input_size", "weights", "freeze", "precision", "workers", "on_nan")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", metavar="FILE|imagenet", help="start from saved or pretrained weights")
     p.add_argument("--freeze", metavar="UNTIL", help="freeze the network up to this module, e.g. 4e")
     p.add_argument("--workers", type=int, help="image-folder loading processes")
+    p.add_argument("--on-nan", choices=("stop", "skip"),
+                   help="a NaN/Inf loss: stop the run, keeping the last checkpoint (default), or skip that step")
     p.add_argument("--tensorboard", action="store_true", default=None, help="also write TensorBoard events")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     p.add_argument("--nproc", type=int, metavar="N",

@@ -28,6 +28,7 @@ from ..errors import RunError, UserError
 from ..fileio import atomic_write
 from ..models import GoogLeNetOutputs, googlenet_loss
 from . import checkpoint as ckpt
+from . import guard
 from .ema import WeightAverage
 from .recipes import TrainConfig, config_from_dict, save_config
 from .setup import (LRSchedule, autocast_dtype, build_loaders, build_model, build_optimizer, freeze_until)
@@ -118,6 +119,8 @@ def train(config: TrainConfig, out: str | Path | None = None, resume: str | Path
 
         config = rescale_for_world_size(config, int(payload.get("world_size", 1)), process.world_size)
         run_dir = Path(resume)
+        if process.is_main:  # half-written files of a killed run: each can be as large as a checkpoint
+            guard.remove_stale_temp_files(run_dir)
     else:
         run_dir = Path(out) if out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
         run_dir = Path(process.broadcast_object(str(run_dir)))  # one folder, named by rank 0
@@ -166,6 +169,8 @@ class Trainer:
         self.elapsed_before = 0.0  # seconds spent before a resume
         self._epoch_sums = self._zero_sums()
         self.tensorboard = None
+        self.nan_guard = guard.NonFiniteGuard(config.on_nan, config.lr)
+        self.stop_signals = guard.StopSignals()  # SIGINT/SIGTERM: checkpoint, then stop
         if payload is not None:
             self._restore(payload)
 
@@ -198,17 +203,17 @@ class Trainer:
                  f"global batch {self.train_loader.global_batch} ({c.batch_size}/process x "
                  f"{self.process.world_size} processes x {c.accum_steps} accumulation), lr {c.lr:g} | "
                  f"run folder {self.run_dir}")
-        if self.plan is None:
-            self.plan = self._plan_budget() if c.budget else Plan.fixed(
-                c.epochs, self.train_loader.steps_per_epoch, c.eval_subset)
-            self.plan = self.process.broadcast_object(self.plan)  # every rank takes rank 0's timing
-        self.schedule.total_steps = self.plan.total_steps
-        self.schedule.steps_per_epoch = self.plan.steps_per_epoch
-        self._apply_light_augment()
-
         final: EvalResult | None = None
-        while self.epoch < self.plan.epochs:
-            final = self._run_epoch()
+        with self.stop_signals:
+            if self.plan is None:
+                self.plan = self._plan_budget() if c.budget else Plan.fixed(
+                    c.epochs, self.train_loader.steps_per_epoch, c.eval_subset)
+                self.plan = self.process.broadcast_object(self.plan)  # every rank takes rank 0's timing
+            self.schedule.total_steps = self.plan.total_steps
+            self.schedule.steps_per_epoch = self.plan.steps_per_epoch
+            self._apply_light_augment()
+            while self.epoch < self.plan.epochs:
+                final = self._run_epoch()
         if final is None or final.predictions is None:
             final = self.evaluate(self.eval_model, None, collect=True)
         if c.tta_flip:
@@ -221,6 +226,9 @@ class Trainer:
         epoch = self.epoch
         end = plan.epoch_ends[epoch]
         self._train_steps(epoch, end - self.step, desc=f"epoch {epoch + 1}/{plan.epochs}")
+        if self.stop_signals.received is not None and self.step < end:  # asked to stop mid-epoch
+            self._save_checkpoints(best=False)
+            raise self.stop_signals.stopped(self.step, self.run_dir)
         sums = self._epoch_sums
         images = int(sums["images"])
         train_loss = float(sums["loss"]) / max(1, images)
@@ -249,7 +257,11 @@ class Trainer:
         if improved:
             self.best_top1 = result.top1
         self._log_epoch(row)
+        if self.nan_guard.skipped:
+            self.say(f"note: {self.nan_guard.skipped} step(s) skipped so far: NaN/Inf loss (--on-nan skip)")
         self._save_checkpoints(best=improved)
+        if self.stop_signals.received is not None and self.epoch < plan.epochs:
+            raise self.stop_signals.stopped(self.step, self.run_dir)
         return result if result is not None and result.predictions is not None else None
 
     @staticmethod
@@ -276,6 +288,10 @@ class Trainer:
                    file=sys.stderr)
         for x_step, y_step in self.train_loader.train_batches(self.step, steps, epoch):
             self.optimizer.zero_grad(set_to_none=True)
+            # --on-nan skip: a NaN forward pass has already updated the batch-norm statistics
+            buffers = guard.buffers_snapshot(self.model) if self.nan_guard.policy == "skip" else None
+            step_loss = torch.zeros((), device=self.device)
+            step_correct = torch.zeros((), device=self.device, dtype=torch.long)
             micro = list(zip(x_step.chunk(c.accum_steps), y_step.chunk(c.accum_steps)))
             for i, (x, y) in enumerate(micro):
                 # Gradients add up over micro-batches; DDP all-reduces them once, on the last.
@@ -287,21 +303,43 @@ class Trainer:
                         loss = googlenet_loss(outputs, y, self.criterion, c.aux_weight)
                     (loss * (len(y) / len(y_step))).backward()
                 logits = outputs.logits if isinstance(outputs, GoogLeNetOutputs) else outputs
-                loss_sum += loss.detach().float() * len(y)
-                correct += (logits.detach().argmax(1) == y).sum()
-            self.optimizer.step()
+                step_loss += loss.detach().float() * len(y)
+                step_correct += (logits.detach().argmax(1) == y).sum()
+            if self._update_allowed(step_loss, epoch, buffers):
+                self.optimizer.step()
+                if self.ema is not None:
+                    self.ema.update(self.model)
+                loss_sum += step_loss
+                correct += step_correct
+                seen += len(y_step)
             self.scheduler.step()
-            if self.ema is not None:
-                self.ema.update(self.model)
-            seen += len(y_step)
             self.step += 1
             bar.update(len(y_step) * self.process.world_size)
+            if self.stop_signals.received is not None:
+                break
         bar.close()
         sums = self._epoch_sums
         sums["loss"] += float(self.process.all_reduce_sum(loss_sum)) / self.process.world_size
         sums["correct"] += int(self.process.all_reduce_sum(correct)) // self.process.world_size
         sums["images"] += seen
         sums["seconds"] += time.perf_counter() - started
+
+    def _update_allowed(self, step_loss: Tensor, epoch: int, buffers: list[Tensor] | None) -> bool:
+        """The --on-nan policy for this step, agreed by every process (one small all-reduce and
+        sync per step); a stop request on any process stops them all at the same step."""
+        flags = torch.stack([step_loss.float(), torch.tensor(float(self.stop_signals.received is not None),
+                                                             device=self.device)])
+        loss_value, stop_votes = self.process.all_reduce_sum(flags).tolist()
+        if stop_votes and self.stop_signals.received is None:
+            import signal
+
+            self.stop_signals.received = signal.SIGTERM  # another process was asked to stop
+        if self.nan_guard.allows_update(loss_value, self.step, epoch, self.run_dir / ckpt.LAST):
+            return True
+        if buffers is not None:
+            guard.restore_buffers(self.model, buffers)
+        self.optimizer.zero_grad(set_to_none=True)
+        return False
 
     # ---------------------------------------------------------------- budget
     def _plan_budget(self) -> Plan:
@@ -481,9 +519,14 @@ class Trainer:
             "elapsed_s": self.elapsed(),
             "config": self.config.to_dict(),
             "world_size": self.process.world_size,
+            "epoch_sums": {k: v for k, v in self._epoch_sums.items() if k != "started"},  # a mid-epoch stop
+            "skipped_steps": self.nan_guard.skipped,
         }
 
     def _save_checkpoints(self, best: bool) -> None:
+        if not guard.all_finite(self.model):  # every process holds the same weights: all stop here
+            raise RunError(f"the weights hold NaN/Inf at step {self.step}; not saving them over the last good "
+                           f"checkpoint in {self.run_dir}. Lower the learning rate (--lr, now {self.config.lr:g})")
         if not self.process.is_main:
             return
         payload = self._checkpoint_payload()
@@ -502,6 +545,8 @@ class Trainer:
         self.history = list(payload["history"])
         self.best_top1 = float(payload["best_top1"])
         self.elapsed_before = float(payload["elapsed_s"])
+        self._epoch_sums.update(payload.get("epoch_sums") or {})
+        self.nan_guard.skipped = int(payload.get("skipped_steps", 0))
         ckpt.set_rng_state(payload["rng"])
         self.say(f"resuming {self.run_dir} after epoch {self.epoch} (step {self.step})")
 

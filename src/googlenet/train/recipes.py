@@ -88,6 +88,7 @@ class TrainConfig:
     dist_timeout: float = 120.0  # seconds a collective waits for the other processes before the job fails
     seed: int = 0
     tensorboard: bool = False
+    on_nan: str = "stop"  # a NaN/Inf loss: "stop" the run (the last checkpoint kept) | "skip" that step's update
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -224,7 +225,7 @@ def resolve_config(recipe: str | None = None, config_file: str | None = None,
 
 def validate(config: TrainConfig) -> None:
     choices = {"optimizer": ("sgd", "adamw"), "schedule": ("onecycle", "cosine", "step"),
-               "precision": ("auto", "bf16", "fp32")}
+               "precision": ("auto", "bf16", "fp32"), "on_nan": ("stop", "skip")}
     for key, allowed in choices.items():
         if getattr(config, key) not in allowed:
             raise UserError(f"{key} must be one of {', '.join(allowed)}, got {getattr(config, key)!r}")
