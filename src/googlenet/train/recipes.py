@@ -133,6 +133,11 @@ def _coerce(key: str, value: Any) -> Any:
             continue
         if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if kind is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if kind is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
