@@ -137,6 +137,21 @@ def save_failed(path: str | os.PathLike, error: BaseException, run_dir: str | os
                     f"intact. Free disk space or make the folder writable{resume}")
 
 
+def write_error(error: BaseException, run_dir: str | os.PathLike) -> RunError | None:
+    """`error` as a save failure if it is a failed write into the run folder, else None."""
+    run_dir = Path(run_dir).resolve()
+    if isinstance(error, OSError) and error.filename:
+        path = Path(error.filename).resolve()
+        if path == run_dir or run_dir in path.parents:
+            name = path.name
+            if name.startswith(".") and name.endswith(".tmp"):  # atomic_write's .<name>.<random>.tmp
+                name = name[1:-4].rsplit(".", 1)[0]
+            return save_failed(path.parent / name, error, run_dir)
+    if type(error).__name__ == "SafetensorError" and "I/O error" in str(error):  # model.safetensors
+        return save_failed(run_dir / "model.safetensors", error, run_dir)
+    return None
+
+
 def remove_stale_temp_files(run_dir: str | os.PathLike) -> list[Path]:
     """Delete the temporary files of writes a killed process never finished (fileio.atomic_write
     names them .<name>.<random>.tmp): each can be as large as a checkpoint."""
@@ -151,4 +166,4 @@ def remove_stale_temp_files(run_dir: str | os.PathLike) -> list[Path]:
 
 
 __all__ = ["NonFiniteGuard", "ON_NAN_CHOICES", "StopRequested", "StopSignals", "all_finite", "buffers_snapshot",
-           "remove_stale_temp_files", "restore_buffers", "save_failed"]
+           "remove_stale_temp_files", "restore_buffers", "save_failed", "write_error"]

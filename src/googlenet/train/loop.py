@@ -128,7 +128,13 @@ def train(config: TrainConfig, out: str | Path | None = None, resume: str | Path
             raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                             "or pick another --out")
     trainer = Trainer(config, run_dir, process, payload, started_at)
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    except Exception as e:  # a full disk or unwritable run folder: one line, not a traceback
+        failed = guard.write_error(e, run_dir)
+        if failed is None:
+            raise
+        raise failed from None
 
 
 class Trainer:
