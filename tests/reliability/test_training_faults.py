@@ -1,0 +1,232 @@
+"""Faults injected into tiny training runs: stop signals, NaN/Inf losses, full disks and
+unwritable run folders. Each keeps the last good checkpoint and ends in one line."""
+from __future__ import annotations
+
+import csv
+import errno
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from googlenet.cli import main
+from googlenet.data.gpu_loader import TensorLoader
+from googlenet.train import loop
+
+from .conftest import write_fashion_mnist
+
+STEPS_PER_EPOCH = 4  # 32 training images, batch 8
+TINY = ["--limit-train", "32", "--limit-test", "8", "--batch-size", "8", "--input-size", "8", "--device", "cpu",
+        "--seed", "1", "--precision", "fp32", "--set", "aux_logits=false", "--set", "ema=false", "--set", "lr=0.05"]
+
+
+def _train(fmnist: Path, out: Path, *extra: str, epochs: int = 2) -> int:
+    return main(["train", "--data", str(fmnist), *TINY, "--epochs", str(epochs), "--out", str(out), *extra])
+
+
+def _one_line(capsys) -> tuple[str, str]:
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip() and "received" not in line]
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    return lines[0], captured.out
+
+
+def _checkpoint(run: Path) -> dict:
+    return torch.load(run / "last.pt", weights_only=True)
+
+
+def _all_finite(state: dict) -> bool:
+    return all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def _on_step(monkeypatch, action) -> list[int]:
+    """Run action(call_number) inside every training step's loss (1-based, after the forward pass)."""
+    calls = []
+    real = loop.googlenet_loss
+
+    def wrapped(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        calls.append(len(calls) + 1)
+        return action(calls[-1], loss)
+
+    monkeypatch.setattr(loop, "googlenet_loss", wrapped)
+    return calls
+
+
+# ------------------------------------------------------------------ stop signals
+def test_sigint_saves_a_checkpoint_mid_epoch_and_resume_finishes(fmnist, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+
+    def interrupt(call, loss):
+        if call == 6:  # step 2 of epoch 2
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    _on_step(monkeypatch, interrupt)
+    code = _train(fmnist, run, epochs=3)
+    line, _ = _one_line(capsys)
+    assert code == 130, line
+    assert "SIGINT at step 6" in line and f"--resume {run}" in line
+    state = _checkpoint(run)
+    assert (state["epoch"], state["step"]) == (1, 6)  # the current step finished, then the checkpoint
+    assert state["epoch_sums"]["images"] == 16
+    assert signal.getsignal(signal.SIGINT) is not None and signal.getsignal(signal.SIGINT) != signal.SIG_IGN
+
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run)]) == 0
+    state = _checkpoint(run)
+    assert state["step"] == 3 * STEPS_PER_EPOCH and state["epoch"] == 3
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [int(r["images"]) for r in rows] == [32, 32, 32]  # the stopped epoch counted in full
+
+
+def test_sigterm_from_outside_stops_cleanly_with_exit_143(tmp_path):
+    data = write_fashion_mnist(tmp_path / "fm")
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GOOGLENET_CACHE": str(tmp_path / "cache"), "MPLBACKEND": "Agg"}
+    child = subprocess.Popen([sys.executable, "-m", "googlenet", "train", "--data", str(data), *TINY, "--epochs",
+                              "20", "--out", str(run)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        for line in child.stdout:  # wait until a training epoch has ended
+            if line.startswith("epoch 1/"):
+                break
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 143, err
+    assert "stopped by SIGTERM" in err and f"--resume {run}" in err and "Traceback" not in err
+    state = _checkpoint(run)
+    assert 1 <= state["epoch"] < 20 and state["step"] >= STEPS_PER_EPOCH
+
+
+# ------------------------------------------------------------------ NaN / Inf
+def _poison_batch(monkeypatch, batch_number: int, value: float = float("nan")) -> None:
+    """The batch_number-th training batch (1-based) carries NaN/Inf pixels: the forward pass itself
+    goes bad, batch-norm statistics included."""
+    real = TensorLoader.train_batches
+    seen = [0]
+
+    def batches(self, *args, **kwargs):
+        for x, y in real(self, *args, **kwargs):
+            seen[0] += 1
+            yield (x * value if seen[0] == batch_number else x), y
+
+    monkeypatch.setattr(TensorLoader, "train_batches", batches)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(fmnist, tmp_path, monkeypatch, capsys,
+                                                                       value):
+    run = tmp_path / "run"
+    _poison_batch(monkeypatch, 6, value)
+    code = _train(fmnist, run)
+    line, _ = _one_line(capsys)
+    assert code == 1 and "at step 6 (epoch 2)" in line and "--on-nan skip" in line, line
+    assert "last.pt (the last good checkpoint) is kept" in line
+    state = _checkpoint(run)
+    assert (state["epoch"], state["step"]) == (1, STEPS_PER_EPOCH) and _all_finite(state)
+    assert not (run / "model.safetensors").exists()
+
+
+def test_nan_skip_drops_the_update_and_counts_it(fmnist, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    _poison_batch(monkeypatch, 3)
+    weights = []
+    _on_step(monkeypatch, lambda call, loss: (weights.append(loop.Trainer.current.model.fc.weight.detach().clone()),
+                                              loss)[1])
+    monkeypatch.setattr(loop.Trainer, "current", None, raising=False)
+    real_init = loop.Trainer.__init__
+
+    def remember(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        loop.Trainer.current = self
+
+    monkeypatch.setattr(loop.Trainer, "__init__", remember)
+    code = _train(fmnist, run, "--on-nan", "skip")
+    out = capsys.readouterr().out
+    assert code == 0
+    assert torch.equal(weights[2], weights[3]), "the poisoned step updated the weights"
+    assert not torch.equal(weights[1], weights[2]), "healthy steps must update (else the check above is empty)"
+    state = _checkpoint(run)
+    assert state["skipped_steps"] == 1 and _all_finite(state)
+    assert all(torch.isfinite(v).all() for k, v in state["model"].items() if "running" in k)  # BN statistics
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["images"]) for r in rows] == [24, 32] and "1 step(s) skipped" in out
+
+
+def test_absurd_learning_rate_stops_without_saving_nan_weights(fmnist, tmp_path, capsys):
+    run = tmp_path / "run"
+    code = _train(fmnist, run, "--set", "lr=1e30")
+    line, _ = _one_line(capsys)
+    assert code == 1 and "--lr, now 1e+30" in line, line
+    assert not (run / "last.pt").exists() or _all_finite(_checkpoint(run))
+    assert not (run / "model.safetensors").exists()
+
+
+# ------------------------------------------------------------------ full disk, unwritable folder
+def _break_writes_at_epoch_2(monkeypatch, run: Path, how: str, undo: list) -> None:
+    def act(call, loss):
+        if call != STEPS_PER_EPOCH + 1:
+            return loss
+        if how == "file-size-limit":  # the kernel refuses to grow files: torch.save fails as on a full disk
+            previous = resource.getrlimit(resource.RLIMIT_FSIZE)
+            handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, previous[1]))
+            undo.append(lambda: (resource.setrlimit(resource.RLIMIT_FSIZE, previous),
+                                 signal.signal(signal.SIGXFSZ, handler)))
+        elif how == "no-space":
+            def full(*args, **kwargs):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            monkeypatch.setattr(torch, "save", full)
+        elif how == "immutable-folder":  # works as root, unlike chmod
+            subprocess.run(["chattr", "+i", str(run)], check=True)
+            undo.append(lambda: subprocess.run(["chattr", "-i", str(run)], check=True))
+        elif how == "permission-denied":
+            def denied(*args, dir=None, **kwargs):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(Path(dir) / ".x.tmp"))
+            monkeypatch.setattr("tempfile.mkstemp", denied)
+        return loss
+
+    _on_step(monkeypatch, act)
+
+
+def _chattr_works(tmp_path: Path) -> bool:
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(probe)],
+                                                        capture_output=True).returncode != 0:
+        return False
+    subprocess.run(["chattr", "-i", str(probe)], check=True)
+    return True
+
+
+@pytest.mark.parametrize("how", ["file-size-limit", "no-space", "immutable-folder", "permission-denied"])
+def test_failed_saves_are_one_line_and_keep_the_previous_checkpoint(how, fmnist, tmp_path, monkeypatch, capsys):
+    if how == "immutable-folder" and not _chattr_works(tmp_path):
+        pytest.skip("chattr +i needs root on a filesystem that supports it")
+    run = tmp_path / "run"
+    undo: list = []
+    _break_writes_at_epoch_2(monkeypatch, run, how, undo)
+    try:
+        code = _train(fmnist, run)
+    finally:
+        for restore in undo:
+            restore()
+    line, _ = _one_line(capsys)
+    assert code == 1, line
+    assert f"in {run} (" in line and "intact" in line and f"--resume {run}" in line, line
+    state = _checkpoint(run)
+    assert (state["epoch"], state["step"]) == (1, STEPS_PER_EPOCH)
+    assert not list(run.glob(".*.tmp"))
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run)]) == 0  # once the disk is fixed, the run continues
+    assert _checkpoint(run)["epoch"] == 2
