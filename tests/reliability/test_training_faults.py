@@ -62,6 +62,7 @@ def _on_step(monkeypatch, action) -> list[int]:
 # ------------------------------------------------------------------ stop signals
 def test_sigint_saves_a_checkpoint_mid_epoch_and_resume_finishes(fmnist, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
+    handler_before = signal.getsignal(signal.SIGINT)
 
     def interrupt(call, loss):
         if call == 6:  # step 2 of epoch 2
@@ -76,7 +77,7 @@ def test_sigint_saves_a_checkpoint_mid_epoch_and_resume_finishes(fmnist, tmp_pat
     state = _checkpoint(run)
     assert (state["epoch"], state["step"]) == (1, 6)  # the current step finished, then the checkpoint
     assert state["epoch_sums"]["images"] == 16
-    assert signal.getsignal(signal.SIGINT) is not None and signal.getsignal(signal.SIGINT) != signal.SIG_IGN
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the API leaves the caller's handler in place
 
     monkeypatch.undo()
     assert main(["train", "--resume", str(run)]) == 0
