@@ -7,6 +7,15 @@ from pathlib import Path
 from typing import Callable
 
 
+def _default_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_DEFAULT_MODE = _default_file_mode()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call `write(tmp_path)`, fsync the file, then rename it over `path`.
 
@@ -21,6 +30,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _DEFAULT_MODE)  # mkstemp makes 0600; written files are shared like any other
         os.replace(tmp, path)
     except BaseException:
         try:

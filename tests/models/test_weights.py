@@ -67,3 +67,14 @@ def test_malicious_pickle_does_not_run_on_import(tmp_path, monkeypatch, capsys):
     assert not marker.exists()
     err = capsys.readouterr().err
     assert "weights_only=True" in err and err.count("\n") == 1
+
+
+def test_saved_files_have_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    path = tmp_path / "w.safetensors"
+    googlenet.save_weights(googlenet.create_model("googlenet_cifar", aux_logits=False), path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
