@@ -85,9 +85,15 @@ class FusedInception(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         reduced = self._fused_reduce(x)
-        out1, red2, red3 = reduced.split(self.split_sizes, dim=1)
-        out2 = self.branch2[1:](red2)
-        out3 = self.branch3[1:](red3)
+        out1, out2, out3 = reduced.split(self.split_sizes, dim=1)
+        # The rest of branches 2 and 3 after their (merged) first conv. A loop, not
+        # `branch2[1:]`, which would build a new Sequential per call (and trip torch.compile).
+        for i, layer in enumerate(self.branch2):
+            if i > 0:
+                out2 = layer(out2)
+        for i, layer in enumerate(self.branch3):
+            if i > 0:
+                out3 = layer(out3)
         out4 = self.branch4(x)
         return torch.cat([out1, out2, out3, out4], 1)
 
