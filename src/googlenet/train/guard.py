@@ -152,6 +152,46 @@ def write_error(error: BaseException, run_dir: str | os.PathLike) -> RunError | 
     return None
 
 
+class RunLock:
+    """An exclusive lock on RUN/.lock while a process trains into RUN: a second `googlenet train`
+    on the same folder stops with one line instead of both writing the same checkpoints.
+    flock locks vanish with their process, so a killed run never leaves a stale lock."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.path = Path(run_dir) / ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+
+        from ..errors import UserError
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return self  # a folder we cannot write fails later with its own message
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise UserError(f"{self.path.parent} is in use by another googlenet train (pid {owner}); wait for it "
+                            "to finish or stop it, or pick another --out") from None
+        except OSError:  # a filesystem without flock: train unguarded rather than not at all
+            os.close(fd)
+            return self
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+            self.fd = None
+
+
 def remove_stale_temp_files(run_dir: str | os.PathLike) -> list[Path]:
     """Delete the temporary files of writes a killed process never finished (fileio.atomic_write
     names them .<name>.<random>.tmp): each can be as large as a checkpoint."""
@@ -165,5 +205,5 @@ def remove_stale_temp_files(run_dir: str | os.PathLike) -> list[Path]:
     return removed
 
 
-__all__ = ["NonFiniteGuard", "ON_NAN_CHOICES", "StopRequested", "StopSignals", "all_finite", "buffers_snapshot",
+__all__ = ["NonFiniteGuard", "ON_NAN_CHOICES", "RunLock", "StopRequested", "StopSignals", "all_finite", "buffers_snapshot",
            "remove_stale_temp_files", "restore_buffers", "save_failed", "write_error"]

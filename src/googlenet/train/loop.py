@@ -118,23 +118,25 @@ def train(config: TrainConfig, out: str | Path | None = None, resume: str | Path
         from .distributed import rescale_for_world_size
 
         config = rescale_for_world_size(config, int(payload.get("world_size", 1)), process.world_size)
-        run_dir = Path(resume)
-        if process.is_main:  # half-written files of a killed run: each can be as large as a checkpoint
-            guard.remove_stale_temp_files(run_dir)
+        run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent  # RUN or RUN/last.pt
     else:
         run_dir = Path(out) if out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
         run_dir = Path(process.broadcast_object(str(run_dir)))  # one folder, named by rank 0
         if (run_dir / ckpt.LAST).exists():
             raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                             "or pick another --out")
-    trainer = Trainer(config, run_dir, process, payload, started_at)
-    try:
-        return trainer.fit()
-    except Exception as e:  # a full disk or unwritable run folder: one line, not a traceback
-        failed = guard.write_error(e, run_dir)
-        if failed is None:
-            raise
-        raise failed from None
+    # One process trains into a folder at a time (the lock goes with the process, even on SIGKILL).
+    with guard.RunLock(run_dir) if process.is_main else contextlib.nullcontext():
+        if resume is not None and process.is_main:  # half-written files of a killed run (checkpoint-sized)
+            guard.remove_stale_temp_files(run_dir)
+        trainer = Trainer(config, run_dir, process, payload, started_at)
+        try:
+            return trainer.fit()
+        except Exception as e:  # a full disk or unwritable run folder: one line, not a traceback
+            failed = guard.write_error(e, run_dir)
+            if failed is None:
+                raise
+            raise failed from None
 
 
 class Trainer:
