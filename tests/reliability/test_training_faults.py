@@ -231,3 +231,16 @@ def test_failed_saves_are_one_line_and_keep_the_previous_checkpoint(how, fmnist,
     monkeypatch.undo()
     assert main(["train", "--resume", str(run)]) == 0  # once the disk is fixed, the run continues
     assert _checkpoint(run)["epoch"] == 2
+
+
+# ------------------------------------------------------------------ one process per run folder
+def test_a_second_process_on_the_same_run_folder_is_refused(fmnist, tmp_path, capsys):
+    from googlenet.train.guard import RunLock
+
+    run = tmp_path / "run"
+    assert _train(fmnist, run, epochs=1) == 0
+    with RunLock(run):  # as if another `googlenet train --resume` were running there
+        code = main(["train", "--resume", str(run / "last.pt")])
+        line, _ = _one_line(capsys)
+    assert code == 2 and f"{run} is in use by another googlenet train (pid {os.getpid()})" in line, line
+    assert main(["train", "--resume", str(run / "last.pt")]) == 0  # free again; RUN/last.pt names the run too
