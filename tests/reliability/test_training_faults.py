@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -244,3 +245,34 @@ def test_a_second_process_on_the_same_run_folder_is_refused(fmnist, tmp_path, ca
         line, _ = _one_line(capsys)
     assert code == 2 and f"{run} is in use by another googlenet train (pid {os.getpid()})" in line, line
     assert main(["train", "--resume", str(run / "last.pt")]) == 0  # free again; RUN/last.pt names the run too
+
+
+def test_ctrl_c_to_the_process_group_with_loader_workers_stops_cleanly(tmp_path):
+    """A terminal's Ctrl-C reaches every process of the group, DataLoader workers included."""
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    for split in ("train", "val"):
+        for k, name in enumerate(("a", "b")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(16 if split == "train" else 2):
+                Image.new("RGB", (12, 12), (100 * k, 10 * i, 50)).save(root / split / name / f"{i}.png")
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    child = subprocess.Popen([sys.executable, "-m", "googlenet", "train", "--dataset", "imagefolder", "--data",
+                              str(root), "--model", "googlenet_cifar", "--workers", "2", "--input-size", "8",
+                              "--batch-size", "4", "--epochs", "30", "--device", "cpu", "--set", "aux_logits=false",
+                              "--set", "ema=false", "--out", str(run)], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        for line in child.stdout:
+            if line.startswith("epoch 1/"):
+                break
+        time.sleep(1.0)  # into epoch 2, while its loader workers run (an epoch takes seconds here)
+        os.killpg(child.pid, signal.SIGINT)  # what the terminal does
+        _, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 130, err
+    assert "stopped by SIGINT" in err and "Traceback" not in err and "exited unexpectedly" not in err, err
+    assert _checkpoint(run)["step"] >= 4
