@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import datetime
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -281,10 +282,16 @@ def launch_local(nproc: int, train_args: list[str]) -> int:
     env = dict(os.environ)
     # torchrun sets OMP_NUM_THREADS=1 with a warning; share the cores out explicitly instead.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    child = subprocess.Popen(command, env=env)
+    # A SIGTERM to this launcher (a scheduler, `kill`) reaches torchrun, which stops its workers.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
     try:
-        code = subprocess.call(command, env=env)
-    except KeyboardInterrupt:
+        code = child.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached the whole process group; let torchrun finish stopping
+        child.wait()
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if code != 0:
         print(f"googlenet train: error: the {nproc}-process job failed (exit {code}); the first failing "
               "process's error is shown above", file=sys.stderr)
