@@ -22,9 +22,37 @@ def native_input():
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
+def _seed_and_one_thread():
+    """A fixed seed, and one intra-op thread: the tests' tiny convolutions run fastest so
+    on a 2-core machine (a second thread mostly spins)."""
     torch.manual_seed(0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(before)
+
+
+class _MarkerPayload:
+    """Unpickling this by plain pickle creates the marker file: proof that code would run."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture
+def malicious_pickle(tmp_path):
+    """(payload bytes, marker path): a live pickle exploit, checked live, marker removed."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_MarkerPayload(marker))
+    pickle.loads(payload)
+    assert marker.exists()
+    marker.unlink()
+    return payload, marker
 
 
 @pytest.fixture(params=ALL_MODELS)

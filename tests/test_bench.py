@@ -17,16 +17,7 @@ TINY = ["--input-size", "32", "--throughput-batch", "2", "--train-batch", "4", "
         "--repeats", "2"]
 
 
-@pytest.fixture
-def one_thread():
-    # The suite shares 2 cores with other work; one thread keeps this test's time steady.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_bench_quick_json_report(capsys, one_thread):
+def test_bench_quick_json_report(capsys):
     assert main(["bench", "--device", "cpu", "--quick", "--json", *TINY]) == 0
     report = json.loads(capsys.readouterr().out)
     assert {"machine", "torch", "rows"} <= set(report)
@@ -53,7 +44,7 @@ def test_bench_quick_json_report(capsys, one_thread):
     assert "torchvision has no 28-px" in train["reference"]
 
 
-def test_bench_table_names_every_case(one_thread):
+def test_bench_table_names_every_case():
     from googlenet.bench import run_bench
 
     s = Settings(input_size=32, throughput_batch=2, train_batch=2, train_input_size=8, warmup=1,

@@ -282,21 +282,11 @@ def test_eval_image_folder_skips_unreadable_files(tmp_path, capsys):
         evaluate(weights)
 
 
-def test_a_malicious_pickle_as_weights_runs_no_code(tmp_path, capsys):
-    import pickle
-
-    marker = tmp_path / "pwned"
-
-    class Exploit:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
-    pickle.loads(pickle.dumps(Exploit()))  # the payload is live: loading it creates the marker
-    assert marker.exists()
-    marker.unlink()
+def test_a_malicious_pickle_as_weights_runs_no_code(tmp_path, capsys, malicious_pickle):
+    payload, marker = malicious_pickle
     for name in ("model.pth", "model.safetensors"):
         evil = tmp_path / name
-        evil.write_bytes(pickle.dumps(Exploit()))
+        evil.write_bytes(payload)
         assert cli_main(["eval", str(evil), "--dataset", "fashion-mnist"]) == 2
         err = capsys.readouterr().err.strip()
         assert name in err and len(err.splitlines()) == 1

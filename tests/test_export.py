@@ -44,15 +44,6 @@ def rand_input(model: torch.nn.Module, batch: int) -> torch.Tensor:
     return torch.rand(batch, model.in_chans, SIZE, SIZE) * 2 - 0.9  # non-zero, both signs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny inputs on a shared 2-core machine: a second thread only adds spin-waiting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def weights_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "cifar.safetensors"

@@ -311,21 +311,11 @@ def test_onnxruntime_backend_matches_torch(tiny, tmp_path):
     assert cli_main(["predict", str(path), str(paths[0]), "--backend", "onnxruntime", "--json"]) == 0
 
 
-def test_a_malicious_pickle_as_weights_runs_no_code(tmp_path, capsys):
-    import pickle
-
-    marker = tmp_path / "pwned"
-
-    class Exploit:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
-    pickle.loads(pickle.dumps(Exploit()))  # the payload is live: loading it creates the marker
-    assert marker.exists()
-    marker.unlink()
+def test_a_malicious_pickle_as_weights_runs_no_code(tmp_path, capsys, malicious_pickle):
+    payload, marker = malicious_pickle
     image = write_modes(tmp_path)["rgb.png"]
     evil = tmp_path / "evil.pth"
-    evil.write_bytes(pickle.dumps(Exploit()))
+    evil.write_bytes(payload)
     assert cli_main(["predict", str(evil), str(image)]) == 2
     err = capsys.readouterr().err.strip()
     assert "evil.pth" in err and len(err.splitlines()) == 1

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from .models import spec
-from .models.layers import Inception
 
 PAPER_TOLERANCE = 0.02  # relative difference above which a row gets a note
 K = 1024  # the paper's "K" for params

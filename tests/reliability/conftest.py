@@ -34,13 +34,3 @@ def fmnist(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("GOOGLENET_CACHE", str(tmp_path / "cache"))
     return write_fashion_mnist(tmp_path / "fm")
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny convolutions run fastest on one thread, above all on a shared machine.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

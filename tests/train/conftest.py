@@ -33,13 +33,3 @@ def fake_fmnist():
     """fake_fmnist(folder, n_train, n_test) -> folder with Fashion-MNIST-format idx files."""
     return write_fake_fashion_mnist
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny convolutions are faster so, above all on a shared machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
