@@ -27,7 +27,7 @@ data:
 	fi
 
 demo: setup data
-	$(VENV)/bin/googlenet train --budget 10m --out runs/demo
+	$(VENV)/bin/googlenet train --budget 10m --batch-size 32 --lr 0.05 --out runs/demo
 
 test: setup data
 	$(PY) -m pytest

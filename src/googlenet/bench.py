@@ -2,7 +2,9 @@
 
 Every row times two contenders on the same batch, input size, precision and weights
 shape, interleaving their repeats so a busy machine slows both alike:
-  ours         googlenet_tv (the network torchvision computes) through googlenet.fast
+  ours         googlenet_tv (the network torchvision computes) through googlenet.fast, or
+               on CPU in fp32 its ONNX export (`googlenet export`) in ONNX Runtime when
+               that is faster: the faster of the two exact paths, named in `ours_path`
   torchvision  torchvision.models.googlenet, the faster of eager NCHW and channels_last
                (and, on CUDA, compiled channels_last)
 The training row on CPU has no torchvision counterpart (torchvision has no 28-px
@@ -216,8 +218,13 @@ def bench_inference(device: torch.device, batch: int, s: Settings, precision: st
                         cuda_graphs=cuda_graphs, example_shape=tuple(x.shape))
         ours_fn = _infer_fn(ours, x, device, "fp32", channels_last=False)
     ours_precision = precision
+    ours_paths: dict[str, Callable[[], object]] = {_describe_inference(ours, ours_precision): ours_fn}
+    if device.type == "cpu" and precision == "fp32":
+        ort_fn = _onnxruntime_fn(ours_src, x)
+        if ort_fn is not None:
+            ours_paths["ONNX export in ONNX Runtime (BN folded)"] = ort_fn
     contenders: dict[str, Callable[[], object]] = {
-        "ours": ours_fn,
+        **ours_paths,
         "eager NCHW": _infer_fn(tv, x, device, precision, channels_last=False),
         "eager channels_last": _infer_fn(_channels_last(tv), x, device, precision, channels_last=True),
     }
@@ -225,13 +232,35 @@ def bench_inference(device: torch.device, batch: int, s: Settings, precision: st
         contenders["compiled channels_last"] = _infer_fn(
             torch.compile(_channels_last(tv)), x, device, precision, channels_last=True)
     times = time_interleaved(contenders, device, s.warmup, s.repeats if batch == 1 else s.batch_repeats)
-    diff, exact = _max_diff(ours_fn(), contenders["eager NCHW"]())
+    path, ours_s = _best(times, list(ours_paths))
+    diff, exact = _max_diff(ours_paths[path](), contenders["eager NCHW"]())
     unit = "ms" if batch == 1 else "img/s"
     name = case or (f"inference latency {s.input_size}px" if batch == 1 else f"inference {s.input_size}px")
-    path = _describe_inference(ours, ours_precision)
-    return _row(name, device, batch, ours_precision, unit, (path, times["ours"]),
-                _best(times, [n for n in contenders if n != "ours"]),
+    return _row(name, device, batch, ours_precision, unit, (path, ours_s),
+                _best(times, [n for n in contenders if n not in ours_paths]),
                 max_abs_diff=diff, exact=exact if precision == "fp32" else None, counts=counts)
+
+
+def _onnxruntime_fn(model: nn.Module, x: Tensor) -> Callable[[], Tensor] | None:
+    """`model` exported exactly as `googlenet export --format onnx` does (verified against
+    PyTorch there), run by ONNX Runtime on the CPU; None without onnx/onnxruntime."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    import tempfile
+
+    from .export import export_metadata, export_onnx, inference_network
+    from .onnx_backend import OnnxClassifier
+
+    size = int(x.shape[-1])
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "bench.onnx")
+        meta = export_metadata(inference_network(model), input_size=size, resize=size)
+        export_onnx(model, path, dynamic_batch=x.shape[0] > 1, meta=meta)
+        classifier = OnnxClassifier(path, threads=torch.get_num_threads())  # the session holds the graph
+    return lambda: classifier(x)
 
 
 def _describe_inference(model: nn.Module, precision: str) -> str:
