@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .gpu_loader import SampleStream, mix_seed
+from .gpu_loader import GlobalBatchMixin, SampleStream, mix_seed
 
 
 class _Indexed(Dataset):
@@ -44,7 +44,7 @@ class _Indexed(Dataset):
 _REPORTED: set[str] = set()  # reasons already printed by this process (each worker has its own)
 
 
-class FolderLoader:
+class FolderLoader(GlobalBatchMixin):
     """Train/eval batches of an image_folder() dataset through torchvision transforms."""
 
     def __init__(self, dataset, batch_size: int, device: torch.device | str, *, train_transform=None,
@@ -63,13 +63,6 @@ class FolderLoader:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    @property
-    def global_batch(self) -> int:
-        return self.batch_size * self.world_size
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return max(1, len(self) // self.global_batch)
 
     def _loader(self, indices: list[int], transform, generator_seed: int) -> DataLoader:
         self.dataset.transform = transform

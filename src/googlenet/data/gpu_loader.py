@@ -68,7 +68,23 @@ class SampleStream:
         return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
 
 
-class TensorLoader:
+class GlobalBatchMixin:
+    """Batch arithmetic shared by the loaders: `batch_size` is per process."""
+
+    batch_size: int
+    world_size: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Training steps in one pass over the data (at least one)."""
+        return max(1, len(self) // self.global_batch)
+
+
+class TensorLoader(GlobalBatchMixin):
     """Batches of a uint8 ArrayDataset kept on `device`, augmented there, normalised to float.
 
     Yields (images N x C x S x S float32, channels_last; labels int64), both on `device`.
@@ -97,14 +113,6 @@ class TensorLoader:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    @property
-    def global_batch(self) -> int:
-        return self.batch_size * self.world_size
-
-    @property
-    def steps_per_epoch(self) -> int:
-        """Training steps in one pass over the data (at least one)."""
-        return max(1, len(self) // self.global_batch)
 
     def _rank_batch(self, step: int) -> Tensor:
         # A dataset smaller than one global batch is used whole at every step.
