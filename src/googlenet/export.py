@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import RunError, UserError
+from .errors import RunError, UserError, first_line
 from .fileio import atomic_write
 from .onnx_backend import ONNX_META_FORMAT, encode_metadata
 
@@ -196,8 +196,7 @@ def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, d
             warnings.simplefilter("ignore", category=FutureWarning)
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as e:  # RuntimeError from the zip/archive reader
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise UserError(f"{path} is not a TorchScript file ({first})") from None
+        raise UserError(f"{path} is not a TorchScript file ({first_line(e, 200)})") from None
     try:
         meta = json.loads(extra[TORCHSCRIPT_META_FILE] or "{}")
     except json.JSONDecodeError:

@@ -6,6 +6,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from .errors import first_line
+
 
 def _default_file_mode() -> int:
     umask = os.umask(0)
@@ -59,5 +61,4 @@ def load_error_reason(error: BaseException) -> str:
     if "Weights only load failed" in text:
         return ("it holds pickled Python objects, not just tensors and plain data; refused without running "
                 "them (a file from an untrusted source may carry code)")
-    first = text.splitlines()[0] if text else type(error).__name__
-    return first[:200]
+    return first_line(error, 200)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import RunError
+from .errors import RunError, first_line
 
 # Pillow's own default (~89 megapixels, ~0.27 GB as RGB uint8): large enough for any photo,
 # small enough that a forged header cannot exhaust memory.
@@ -69,8 +69,7 @@ def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
         raise ImageReadError(f"{path}: not an image file Pillow can read "
                              "(use JPEG, PNG, BMP, GIF, TIFF or WebP)") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ImageReadError(f"{path}: cannot decode image ({reason[:160]}); the file is corrupt "
+        raise ImageReadError(f"{path}: cannot decode image ({first_line(e, 160)}); the file is corrupt "
                              "or truncated") from None
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 # Written into every export so a reader can tell our files from other ONNX models.
 ONNX_META_FORMAT = "googlenet-onnx/1"
@@ -61,8 +61,7 @@ class OnnxClassifier:
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise UserError(f"{self.path} is not a valid ONNX model ({first}); "
+            raise UserError(f"{self.path} is not a valid ONNX model ({first_line(e, 200)}); "
                             "make one with `googlenet export WEIGHTS --format onnx`") from None
         props = self.session.get_modelmeta().custom_metadata_map
         self.meta = decode_metadata(dict(props))

@@ -50,7 +50,7 @@ def list_models_cmd(args: argparse.Namespace) -> int:
 
 
 def summary_cmd(args: argparse.Namespace) -> int:
-    from ..errors import UserError
+    from ..errors import UserError, first_line
     from ..models import create_model
     from ..summary import render, summarize
 
@@ -67,7 +67,7 @@ def summary_cmd(args: argparse.Namespace) -> int:
     try:
         table = summarize(model, args.input_size)
     except RuntimeError as e:  # e.g. an input too small for the pools
-        raise UserError(f"{args.model} cannot run at {args.input_size}px: {str(e).splitlines()[0]}") from None
+        raise UserError(f"{args.model} cannot run at {args.input_size}px: {first_line(e)}") from None
     print(render(table, args.format))
     return 0
 

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagefolder")
 SPLITS = ("train", "test")
@@ -383,7 +383,7 @@ def image_folder(root: str | os.PathLike, split: str, transform=None):
     try:
         dataset = ImageFolder(str(folder), transform=transform, loader=read_rgb)
     except (FileNotFoundError, RuntimeError) as e:
-        raise UserError(f"{folder}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"{folder}: {first_line(e)}") from None
     dataset.class_names = list(dataset.classes)
     dataset.name = "imagefolder"
     dataset.mean, dataset.std = STATS["imagefolder"]

@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..fileio import atomic_write
 
 FORMAT = "googlenet-weights/1"
@@ -117,8 +117,7 @@ def _not_weights_message(path: Path, error: Exception) -> str:
     hint = ""
     if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
         hint = "; for a torchvision checkpoint run `googlenet import-torchvision FILE.pth OUT.safetensors`"
-    first = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return f"{path} is not a safetensors weights file ({first}){hint}"
+    return f"{path} is not a safetensors weights file ({first_line(error)}){hint}"
 
 
 # ------------------------------------------------------------------ torchvision

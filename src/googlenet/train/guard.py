@@ -21,7 +21,7 @@ from types import FrameType
 import torch
 from torch import nn
 
-from ..errors import RunError
+from ..errors import RunError, first_line
 
 ON_NAN_CHOICES = ("stop", "skip")
 MAX_SKIPS_IN_A_ROW = 20  # that many bad steps in a row: the weights themselves are broken, skipping cannot help
@@ -127,7 +127,7 @@ def save_failed(path: str | os.PathLike, error: BaseException, run_dir: str | os
     """A one-line RunError for a write that failed (ENOSPC, EACCES, EROFS, EPERM, EFBIG, ...)."""
     path = Path(path)
     folder = path.parent
-    reason = getattr(error, "strerror", None) or (str(error).strip().splitlines() or [type(error).__name__])[0]
+    reason = getattr(error, "strerror", None) or first_line(error)
     try:
         free = f"{shutil.disk_usage(folder).free / 2 ** 20:,.0f} MiB free there"
     except OSError:

@@ -17,7 +17,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE_BY_DATASET = {"fashion-mnist": "fmnist", "cifar10": "cifar", "cifar100": "cifar",
@@ -170,7 +170,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{path} is not valid YAML ({first_line(e)})") from None
     if not isinstance(values, dict):
         raise UserError(f"{path} must hold a mapping of key: value lines")
     return values
