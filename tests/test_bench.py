@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from googlenet import bench
 from googlenet.bench import Settings, format_table, time_interleaved
 from googlenet.cli import main
 
@@ -69,6 +70,8 @@ def test_time_interleaved_takes_medians():
     times = time_interleaved({"a": a, "b": b}, torch.device("cpu"), warmup=2, repeats=5)
     assert calls == {"a": 7, "b": 7}
     assert 0 < times["a"] < times["b"]
+    # The CPU settle pause happens before each call, outside the timed interval.
+    assert times["a"] < bench.CPU_SETTLE_S / 2
 
 
 def test_bench_cuda_without_gpu_is_one_line_error(capsys):

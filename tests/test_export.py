@@ -124,6 +124,8 @@ def test_onnx_matches_pytorch_for_batch_1_and_3(tmp_path, name):
     assert exported_params <= sum(p.numel() for p in net.parameters()) + bn_stats
     assert exported_params < sum(p.numel() for p in model.parameters())
     runtime = OnnxClassifier(path, threads=1)
+    # Its workers stop spinning when a run returns (else they slow the PyTorch code between runs).
+    assert runtime.session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
     for batch in (1, 3):
         x = rand_input(model, batch)
         with torch.no_grad():

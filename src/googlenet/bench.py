@@ -85,10 +85,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# CPU: idle this long before each timed call. Thread pools keep their workers spinning
+# for a while after a call (PyTorch's OpenMP, ONNX Runtime's pool); back to back, the
+# previous contender's spinning workers steal the 2 cores from the next one (measured:
+# ONNX Runtime 21.9 ms right after torchvision vs 15.2 ms after a 10 ms pause).
+CPU_SETTLE_S = 0.01
+
+
 def time_interleaved(
     contenders: dict[str, Callable[[], object]], device: torch.device, warmup: int, repeats: int
 ) -> dict[str, float]:
-    """Median seconds per call of each contender; repeats alternate between contenders."""
+    """Median seconds per call of each contender; repeats alternate between contenders.
+
+    On CPU every timed call starts after a short idle pause (CPU_SETTLE_S), the same for
+    every contender, so each is timed as if it ran alone.
+    """
+    settle = CPU_SETTLE_S if device.type == "cpu" else 0.0
     for fn in contenders.values():
         for _ in range(warmup):
             fn()
@@ -97,6 +109,8 @@ def time_interleaved(
     for _ in range(repeats):
         for name, fn in contenders.items():
             _sync(device)
+            if settle:
+                time.sleep(settle)
             start = time.perf_counter()
             fn()
             _sync(device)

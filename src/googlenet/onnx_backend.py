@@ -58,6 +58,9 @@ class OnnxClassifier:
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3  # errors only: keep the CLI output clean
+        # Workers spin between the graph's ops (fast) but stop when run() returns, so the
+        # PyTorch code around each call (decoding, preprocessing) gets the cores back.
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
