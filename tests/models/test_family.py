@@ -12,7 +12,8 @@ from googlenet.models.googlenet import FeatureExtractor
 
 
 def test_list_models_has_the_family():
-    assert googlenet.list_models() == ["googlenet", "googlenet_bn", "googlenet_cifar", "googlenet_tv"]
+    assert googlenet.list_models() == ["googlenet", "googlenet_bn", "googlenet_cifar", "googlenet_cifar_fast",
+                                       "googlenet_tv"]
 
 
 def test_spec_channel_chain_matches_table1():
@@ -160,3 +161,23 @@ def test_variants_differ_as_designed():
 def test_unknown_model_suggests_closest():
     with pytest.raises(googlenet.UserError, match="did you mean 'googlenet_bn'"):
         googlenet.create_model("googlenet_nb")
+
+
+def test_cifar_fast_is_cifar_with_the_pool_before_stage3():
+    """Same parameters (a checkpoint loads across), stages 3-5 at half size, ~1/3 the work."""
+    plain = googlenet.create_model("googlenet_cifar", in_chans=1)
+    fast = googlenet.create_model("googlenet_cifar_fast", in_chans=1)
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in fast.state_dict().items()}
+    fast.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 1, 28, 28)
+    assert plain.forward_stem(x).shape[-1] == 28 and fast.forward_stem(x).shape[-1] == 14
+    maps = googlenet.create_model("googlenet_cifar_fast", in_chans=1, features_only=True).eval()(x)
+    assert [m.shape[-1] for m in maps] == [28, 28, 14, 7, 3]
+    from googlenet.summary import summarize
+    ops = {name: summarize(googlenet.create_model(name, in_chans=1), 28)["total"]["ops"]
+           for name in ("googlenet_cifar", "googlenet_cifar_fast")}
+    ratio = ops["googlenet_cifar"] / ops["googlenet_cifar_fast"]
+    assert 3.0 < ratio < 3.5
+    with pytest.raises(ValueError, match="stem_pool"):
+        from googlenet.models.googlenet import GoogLeNet, Variant
+        GoogLeNet(Variant(stem="paper", stem_pool=True))

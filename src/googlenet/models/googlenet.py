@@ -21,6 +21,7 @@ class Variant:
     """What distinguishes one member of the family from another (not user options)."""
 
     stem: str = "paper"  # "paper": 7x7/2 conv + pools; "cifar": 3x3 convs, no early downsampling
+    stem_pool: bool = False  # "cifar" stem only: end it with the 3x3/2 max pool (stages 3-5 at half size)
     norm: bool = True  # batch norm after every conv (no conv bias)
     lrn: bool = False  # local response norm in the stem (the paper)
     branch3: str = "5x5"  # body of the "5x5" branch: "5x5" | "3x3" | "double3x3"
@@ -81,16 +82,20 @@ class GoogLeNet(nn.Module):
             self.lrn2: nn.Module = LRN() if v.lrn else nn.Identity()
             self.maxpool2: nn.Module = _max_pool()
         elif v.stem == "cifar":
-            # Small images keep their resolution until stage 3 (28-32 px in, 7-8 px at stage 5).
+            # Small images keep their resolution until stage 3 (28-32 px in, 7-8 px at stage 5);
+            # with stem_pool the paper's pool before stage 3 comes back, quartering the
+            # work of stages 3-5 (28 px in: 14, 7 and 3 px there).
             self.conv1 = conv(in_chans, c1, 3)
             self.maxpool1 = nn.Identity()
             self.lrn1 = nn.Identity()
             self.conv2 = conv(c1, c2, 3)
             self.conv3 = conv(c2, c3, 3)
             self.lrn2 = nn.Identity()
-            self.maxpool2 = nn.Identity()
+            self.maxpool2 = _max_pool() if v.stem_pool else nn.Identity()
         else:
             raise ValueError(f"unknown stem {v.stem!r}")
+        if v.stem_pool and v.stem != "cifar":
+            raise ValueError("stem_pool applies to the cifar stem (the paper stem always pools)")
 
         # Stages 3-5, Inception modules from Table 1.
         def inception(name: str, cin: int) -> Inception:
@@ -273,7 +278,10 @@ class FeatureExtractor(nn.Module):
         m = spec.INCEPTION_BY_NAME
         channels = (spec.STEM_CHANNELS[0], spec.STEM_CHANNELS[2], m["3b"].out_channels,
                     m["4e"].out_channels, m["5b"].out_channels)
-        reductions = (2, 4, 8, 16, 32) if paper_stem else (1, 1, 1, 2, 4)
+        if paper_stem:
+            reductions: tuple[int, ...] = (2, 4, 8, 16, 32)
+        else:
+            reductions = (1, 1, 2, 4, 8) if model.variant.stem_pool else (1, 1, 1, 2, 4)
         self.feature_info = [
             {"num_chs": channels[i], "reduction": reductions[i], "module": self.STAGE_ENDS[i]}
             for i in self.out_indices

@@ -88,3 +88,11 @@ register_model(
     Variant(stem="cifar", norm=True, branch3="double3x3", pool4_kernel=3, aux_pool="adaptive", input_size=32),
     num_classes=10,
 )
+# googlenet_cifar with the pool before stage 3: the same weights' shapes, a third of the
+# multiply-adds at 28 px (0.40 G vs 1.28 G), for when time, not the last point, matters.
+register_model(
+    "googlenet_cifar_fast",
+    Variant(stem="cifar", stem_pool=True, norm=True, branch3="double3x3", pool4_kernel=3, aux_pool="adaptive",
+            input_size=32),
+    num_classes=10,
+)
