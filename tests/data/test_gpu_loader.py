@@ -26,6 +26,28 @@ def test_sample_stream_visits_every_sample_once_per_pass():
     assert not torch.equal(SampleStream(10, seed=4).take(0, 10), first)
 
 
+def test_sample_stream_draws_each_pass_once(monkeypatch):
+    """A step slices the kept permutation: no new randperm (and, on CUDA, no host-to-device
+    copy) per step. Before, every step redrew its whole pass (ImageNet: 1.3M numbers)."""
+    draws = []
+    real_randperm = torch.randperm
+
+    def counting_randperm(*args, **kwargs):
+        draws.append(args[0])
+        return real_randperm(*args, **kwargs)
+
+    expected = [SampleStream(10, seed=3).take(i * 4, 4) for i in range(10)]  # fresh streams, uncached
+    monkeypatch.setattr(torch, "randperm", counting_randperm)
+    stream = SampleStream(10, seed=3)
+    got = [stream.take(i * 4, 4) for i in range(10)]  # 40 positions: passes 0-3
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert len(draws) == 4 and len(stream._kept) <= SampleStream.KEPT_PASSES
+    loader = TensorLoader(fake_data(20), batch_size=4, seed=1)
+    draws.clear()
+    batches = list(loader.train_batches(0, 5, epoch=0))  # one pass of 20 images
+    assert len(batches) == 5 and len(draws) == 1
+
+
 def test_eval_batches_are_normalised_in_order():
     data = fake_data()
     loader = TensorLoader(data, batch_size=8, channels_last=False)
@@ -112,3 +134,24 @@ def test_loader_keeps_data_on_the_gpu():
     assert x.is_cuda and y.is_cuda and x.shape == (8, 1, 12, 12)
     again = next(loader.train_batches(0, 1, epoch=0))[0]
     assert torch.equal(x, again)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_batches_do_not_synchronise():
+    """After the first step of a pass, producing a training batch never waits for the GPU
+    (the index stream lives on the device; augmentation draws from a CUDA generator)."""
+    data = fake_data(64, chans=1, size=12)
+    augment = BatchAugment(crop_padding=2, flip=True, erasing=0.5, photometric=0.2)
+    loader = TensorLoader(data, batch_size=8, device="cuda", augment=augment, input_size=16, seed=1)
+    batches = loader.train_batches(0, 4, epoch=0)
+    next(batches)  # draws the pass's permutation and copies it once
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        rest = list(batches)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(rest) == 3 and all(x.is_cuda and y.is_cuda for x, y in rest)
+    cpu = TensorLoader(data, batch_size=8, augment=augment, input_size=16, seed=1)
+    assert torch.equal(torch.cat([y for _, y in cpu.train_batches(0, 4, epoch=0)]).cuda(),
+                       torch.cat([y for _, y in loader.train_batches(0, 4, epoch=0)]))  # same order

@@ -46,26 +46,46 @@ def mix_seed(*parts: int) -> int:
 
 
 class SampleStream:
-    """Sample indices in training order: randperm(n) for pass 0, then pass 1, ..."""
+    """Sample indices in training order: randperm(n) for pass 0, then pass 1, ...
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+    Each pass's permutation is drawn on the CPU (so the order is the same on every
+    device) and kept, on `device`, while it is in use: a step slices it there, with no
+    new permutation and no host-to-device copy (a synchronising one on CUDA) per step.
+    """
+
+    KEPT_PASSES = 2  # the pass in use and the next (a batch can straddle them)
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, device: torch.device | str = "cpu") -> None:
         self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.device = torch.device(device)
+        self._kept: dict[int, Tensor] = {}
 
     def _pass(self, index: int) -> Tensor:
+        kept = self._kept.get(index)
+        if kept is not None:
+            return kept
         if not self.shuffle:
-            return torch.arange(self.n)
-        generator = torch.Generator().manual_seed(mix_seed(self.seed, index))
-        return torch.randperm(self.n, generator=generator)
+            order = torch.arange(self.n)
+        else:
+            generator = torch.Generator().manual_seed(mix_seed(self.seed, index))
+            order = torch.randperm(self.n, generator=generator)
+        order = order.to(self.device)
+        for old in sorted(self._kept)[: max(0, len(self._kept) - self.KEPT_PASSES + 1)]:
+            del self._kept[old]
+        self._kept[index] = order
+        return order
 
     def take(self, start: int, count: int) -> Tensor:
-        """Positions [start, start + count) of the endless stream."""
+        """Positions [start, start + count) of the endless stream (on `device`)."""
         parts, position = [], start
         while position < start + count:
             pass_index, offset = divmod(position, self.n)
             chunk = self._pass(pass_index)[offset: offset + (start + count - position)]
             parts.append(chunk)
             position += len(chunk)
-        return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long, device=self.device)
 
 
 class GlobalBatchMixin:
@@ -108,7 +128,7 @@ class TensorLoader(GlobalBatchMixin):
         self.std = torch.tensor(list(data.std) * repeat, device=self.device).view(1, -1, 1, 1)
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.channels_last = channels_last
-        self.stream = SampleStream(len(data), seed, shuffle)
+        self.stream = SampleStream(len(data), seed, shuffle, device=self.device)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -127,7 +147,7 @@ class TensorLoader(GlobalBatchMixin):
         generator = torch.Generator(device=self.device).manual_seed(
             mix_seed(self.seed, epoch, self.rank, first_step))
         for step in range(first_step, first_step + steps):
-            index = self._rank_batch(step).to(self.device)
+            index = self._rank_batch(step)  # already on the device: no copy, no sync
             yield self.prepare(self.images[index], generator), self.labels[index]
 
     def eval_batches(self, limit: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
