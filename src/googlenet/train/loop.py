@@ -335,8 +335,10 @@ class Trainer:
     def _update_allowed(self, step_loss: Tensor, epoch: int, buffers: list[Tensor] | None) -> bool:
         """The --on-nan policy for this step, agreed by every process (one small all-reduce and
         sync per step); a stop request on any process stops them all at the same step."""
-        flags = torch.stack([step_loss.float(), torch.tensor(float(self.stop_signals.received is not None),
-                                                             device=self.device)])
+        # new_full fills on the device; torch.tensor(..., device="cuda") would be a second,
+        # synchronising host-to-device copy per step on top of the one .tolist() below.
+        stop_flag = step_loss.new_full((), float(self.stop_signals.received is not None), dtype=torch.float32)
+        flags = torch.stack([step_loss.float(), stop_flag])
         loss_value, stop_votes = self.process.all_reduce_sum(flags).tolist()
         if stop_votes and self.stop_signals.received is None:
             import signal
