@@ -1,6 +1,7 @@
 """The fast paths are exact: same outputs as the plain model, same state_dict."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 
@@ -18,12 +19,14 @@ from googlenet.fast import FusedInception, InferenceModel, optimize
 EVAL_RTOL = 2e-5
 
 
-def assert_exact(out: torch.Tensor, ref: torch.Tensor) -> None:
+def assert_exact(out: torch.Tensor, ref: torch.Tensor, rtol: float = EVAL_RTOL) -> None:
     assert out.shape == ref.shape
     scale = ref.abs().max().item()
     assert scale > 0.5  # the comparison has something to compare
-    err = (out - ref).abs().max().item()
-    assert err <= EVAL_RTOL * scale, f"max |out - ref| = {err:.3g} > {EVAL_RTOL} x {scale:.3g}"
+    err = (out.float() - ref.float()).abs().max().item()
+    assert err <= rtol * scale, f"max |out - ref| = {err:.3g} > {rtol} x {scale:.3g}"
+
+
 SIZE = {"googlenet_cifar": 16}  # others run at 64 px to stay fast
 
 
@@ -237,14 +240,211 @@ def test_optimize_rejects_bad_arguments():
         optimize(nn.Linear(2, 2), "cpu")
 
 
+def test_folded_bias_follows_the_weight_device_and_dtype():
+    """A conv with neither bias nor batch norm folds to a zero bias beside its weight (it was
+    made on the CPU in fp32: a device mismatch in torch.cat once the model is on a GPU)."""
+    from googlenet.fast.folded import ConvReLU
+    from googlenet.models.layers import ConvNormAct
+
+    blocks = [ConvNormAct(4, n, 1, norm=False) for n in (2, 3)]
+    for block in blocks:
+        block.conv.register_parameter("bias", None)
+        block.to(device="meta", dtype=torch.float64)
+    merged = ConvReLU.merged(blocks)
+    assert merged.bias.shape == (5,) and merged.bias.device.type == "meta"
+    assert merged.bias.dtype == torch.float64
+
+
+class _FakeGraph:
+    """Stands in for torch.cuda.CUDAGraph on the CPU: ops recorded while capturing are
+    replayed into the same output tensors, as a real graph writes into the same memory."""
+
+    capturing: "_FakeGraph | None" = None
+    captures = 0
+
+    def __init__(self) -> None:
+        self.ops: list = []
+
+    def replay(self) -> None:
+        with torch.inference_mode():  # a replay writes memory; autograd never sees it
+            for op in self.ops:
+                op()
+
+
+class _FakeStream:
+    def wait_stream(self, other: "_FakeStream") -> None:
+        pass
+
+
+class _FakeCapture:
+    def __init__(self, graph: _FakeGraph) -> None:
+        self.graph = graph
+
+    def __enter__(self):
+        _FakeGraph.capturing = self.graph
+        _FakeGraph.captures += 1
+
+    def __exit__(self, *exc):
+        _FakeGraph.capturing = None
+
+
+def test_cuda_graph_runner_copies_in_and_out(monkeypatch):
+    """CUDAGraphRunner's bookkeeping, with a fake graph on the CPU: the input goes through the
+    static buffer, replays see new inputs, a result is never overwritten by a later replay
+    (callers keep fresh tensors), and each input shape gets its own capture after warm-up."""
+    from googlenet.fast import cuda_graph
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", _FakeCapture)
+    monkeypatch.setattr(torch.cuda, "Stream", _FakeStream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", _FakeStream)
+    _FakeGraph.captures = 0
+    calls = []
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x)
+        out = x * 2 + 1
+        graph = _FakeGraph.capturing
+        if graph is not None:  # the graph replays this op into `out`, reading `x`'s memory
+            graph.ops.append(lambda: out.copy_(x * 2 + 1))
+        return out
+
+    runner = cuda_graph.CUDAGraphRunner(fn, warmup=2)
+    x1 = torch.arange(6.0).view(2, 3)
+    y1 = runner(x1)
+    assert len(calls) == 3 and _FakeGraph.captures == 1  # 2 warm-up calls, 1 capture
+    assert all(c is not x1 for c in calls)  # the static buffer, never the caller's tensor
+    x1.fill_(100)  # the caller's tensor is not read again
+    y2 = runner(torch.ones(2, 3))
+    assert len(calls) == 3  # a replay, not a call
+    assert torch.equal(y2, torch.full((2, 3), 3.0))
+    assert torch.equal(y1, torch.arange(6.0).view(2, 3) * 2 + 1)  # not overwritten by the replay
+    y3 = runner(torch.ones(4, 3))  # a new shape: warm-up and capture again
+    assert _FakeGraph.captures == 2 and len(runner.graphs) == 2 and torch.equal(y3, torch.full((4, 3), 3.0))
+    with torch.inference_mode():  # captured inside inference_mode, as InferenceModel.forward calls it
+        runner(torch.ones(5, 3))
+    assert torch.equal(runner(torch.zeros(5, 3)), torch.ones(5, 3))  # then replayed outside it
+
+
+def test_fused_inception_traces_as_one_graph():
+    """torch.compile(fullgraph=True) traces a train-mode FusedInception (batch norm running
+    statistics written back) without a graph break; outputs and buffers match eager."""
+    torch._dynamo.reset()
+    block = googlenet.create_model("googlenet_tv").inception3a
+    eager = FusedInception(copy.deepcopy(block)).train()
+    traced = FusedInception(copy.deepcopy(block)).train()
+    compiled = torch.compile(traced, backend="aot_eager", fullgraph=True)
+    x = torch.rand(2, 192, 8, 8).contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(compiled(x), eager(x), rtol=0, atol=1e-6)
+    for (key, a), b in zip(eager.state_dict().items(), traced.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6, msg=key)
+    assert int(traced.branch1.bn.num_batches_tracked) == 1
+
+
+@pytest.mark.slow
+def test_train_mode_model_compiles_as_one_graph():
+    """What the GPU bench compiles (fused 1x1 convs, channels_last, aux heads, train mode):
+    one graph, no break, forward, backward and batch-norm statistics as in eager mode."""
+    torch._dynamo.reset()
+    plain = googlenet.create_model("googlenet_tv", dropout=0.0, dropout_aux=0.0)
+    eager = optimize(copy.deepcopy(plain), "cpu", mode="train").train()
+    compiled = optimize(copy.deepcopy(plain), "cpu", mode="train").train()
+    compiled.compile(backend="aot_eager", fullgraph=True)
+    x = torch.rand(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    target = torch.tensor([1, 2])
+    results = []
+    for model in (eager, compiled):
+        out = model(x)
+        assert isinstance(out, googlenet.GoogLeNetOutputs)
+        googlenet.googlenet_loss(out, target).backward()
+        results.append((out, {n: p.grad for n, p in model.named_parameters()}, model.state_dict()))
+    (out_e, grad_e, state_e), (out_c, grad_c, state_c) = results
+    for a, b in zip(out_e, out_c):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    for key in grad_e:
+        torch.testing.assert_close(grad_c[key], grad_e[key], rtol=1e-4, atol=1e-4, msg=key)
+    for key in state_e:
+        torch.testing.assert_close(state_c[key], state_e[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_folded_engine_traces_as_one_graph():
+    """The inference engine torch.compile sees on the GPU (bench's batch-256 row): one graph."""
+    torch._dynamo.reset()
+    _, source, _ = _pair("googlenet_tv", aux_logits=False)
+    fast = optimize(source, "cpu", mode="inference", backend="eager")
+    compiled = torch.compile(fast.engine, backend="aot_eager", fullgraph=True)
+    x = fast._prepare(_input(source, 64))
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled(x), fast.engine(x), rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------- CUDA (skipped without a GPU)
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+GPU_RTOL = 1e-4  # fp32 on the GPU, TF32 off: cuDNN's algorithms reorder sums differently than the CPU
+
+
+@pytest.fixture
+def no_tf32():
+    """fp32 convolutions in fp32: cuDNN defaults to TF32 (10-bit mantissa), whose rounding
+    through 57 layers is larger than the difference a wrong fold would make."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_graph_inference_matches_eager():
+@gpu
+def test_cuda_graph_inference_matches_eager(no_tf32):
     plain, source, _ = _pair("googlenet_tv", aux_logits=False)
     plain = plain.cuda()
     fast = optimize(source, "cuda", mode="inference", cuda_graphs=True)
     x = _input(plain, 224, batch=1).cuda()
     with torch.no_grad():
-        ref = plain(x)
-    torch.testing.assert_close(fast(x), ref, rtol=1e-3, atol=1e-3)  # TF32/cuDNN algorithms
-    torch.testing.assert_close(fast(x * 0.5), plain(x * 0.5), rtol=1e-3, atol=1e-3)  # replay sees new input
+        ref, ref_half = plain(x), plain(x * 0.5)
+    out = fast(x)
+    assert_exact(out, ref, GPU_RTOL)
+    assert_exact(fast(x * 0.5), ref_half, GPU_RTOL)  # the replay sees the new input
+    assert_exact(out, ref, GPU_RTOL)  # and did not overwrite the first result
+    assert len(fast._run.graphs) == 1
+    x2 = _input(plain, 224, batch=2).cuda()
+    with torch.no_grad():
+        assert_exact(fast(x2), plain(x2), GPU_RTOL)
+    assert len(fast._run.graphs) == 2  # one graph per input shape
+
+
+@pytest.mark.gpu
+@gpu
+def test_bf16_cuda_graph_replays_the_eager_engine():
+    _, source, _ = _pair("googlenet_tv", aux_logits=False)
+    eager = optimize(copy.deepcopy(source), "cuda", mode="inference", precision="bf16")
+    graphed = optimize(source, "cuda", mode="inference", precision="bf16", cuda_graphs=True)
+    x = _input(source, 224, batch=1).cuda()
+    ref = eager(x)
+    assert ref.dtype == torch.float32 and eager.engine.fc_weight.dtype == torch.bfloat16
+    for _ in range(3):  # capture, then replays
+        assert_exact(graphed(x), ref, 1e-2)
+
+
+@pytest.mark.gpu
+@gpu
+def test_fused_train_step_on_cuda_in_bf16_matches_plain():
+    """The training row's model on the GPU: fused, channels_last, bf16 autocast; loss and
+    batch-norm statistics as the plain model's within bf16 rounding."""
+    plain, fused, size = _pair("googlenet_tv")
+    plain = plain.cuda().to(memory_format=torch.channels_last)
+    optimize(fused, "cuda", mode="train")
+    x = _input(plain, size, batch=8).cuda().contiguous(memory_format=torch.channels_last)
+    target = torch.randint(0, plain.num_classes, (8,), device="cuda")
+    losses = []
+    for model in (plain, fused):
+        model.train()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = googlenet.googlenet_loss(model(x), target)
+        loss.backward()
+        losses.append(loss.float())
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    torch.testing.assert_close(losses[1], losses[0], rtol=2e-2, atol=0)
+    key = "inception4e.branch3.0.bn.running_mean"
+    torch.testing.assert_close(fused.state_dict()[key], plain.state_dict()[key], rtol=5e-2, atol=5e-2)

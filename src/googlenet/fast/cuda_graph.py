@@ -37,6 +37,9 @@ class CUDAGraphRunner:
         if key not in self.graphs:
             self.graphs[key] = self._capture(x)
         graph, static_in, static_out = self.graphs[key]
-        static_in.copy_(x)
-        graph.replay()
-        return static_out.clone()
+        # The buffers may be inference tensors (captured under inference_mode): update and
+        # read them under it too, whatever mode the caller is in.
+        with torch.inference_mode():
+            static_in.copy_(x)
+            graph.replay()
+            return static_out.clone()  # a fresh tensor: the next replay overwrites static_out

@@ -27,7 +27,7 @@ def folded_weights(block: ConvNormAct) -> tuple[Tensor, Tensor]:
     bias = conv.bias.detach() if conv.bias is not None else None
     bn = block.bn
     if bn is None:
-        return weight.clone(), bias.clone() if bias is not None else torch.zeros(weight.shape[0])
+        return weight.clone(), bias.clone() if bias is not None else weight.new_zeros(weight.shape[0])
     w, b = fuse_conv_bn_weights(
         weight, bias, bn.running_mean, bn.running_var, bn.eps, bn.weight.detach(), bn.bias.detach()
     )
