@@ -1,7 +1,9 @@
 """`googlenet bench --quick --json` on tiny settings: the report's shape and arithmetic."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import subprocess
 from pathlib import Path
@@ -91,3 +93,43 @@ def test_gpu_script_without_cuda_says_so_and_exits_zero(tmp_path):
     assert done.returncode == 0
     assert "no CUDA GPU visible" in done.stdout and "nothing measured" in done.stdout
     assert "no CUDA GPU visible" in (tmp_path / "log").read_text()
+
+
+TINY_SETTINGS = Settings(input_size=32, throughput_batch=2, train_batch=2, train_input_size=8, warmup=1,
+                         repeats=1, batch_repeats=1, bf16_cpu_row=False)
+
+
+def test_bench_runs_only_the_cases_asked_for(monkeypatch):
+    """bench/gpu.sh runs each case in its own process (own timeout) through the env variable."""
+    from googlenet.bench import CASES_ENV, case_keys, run_bench
+    from googlenet.errors import UserError
+
+    assert case_keys("cpu") == ["latency", "throughput", "train", "bf16-latency"]
+    assert case_keys("cuda") == ["latency", "throughput", "train"]
+    report = run_bench("cpu", settings=TINY_SETTINGS, cases=["train"])
+    assert [r["case"] for r in report["rows"]] == ["train googlenet_cifar 8px"]
+    monkeypatch.setenv(CASES_ENV, "latency")
+    assert [r["case"] for r in run_bench("cpu", settings=TINY_SETTINGS)["rows"]] == ["inference latency 32px"]
+    with pytest.raises(UserError, match="unknown bench case 'inference'.*latency, throughput, train"):
+        run_bench("cpu", settings=TINY_SETTINGS, cases=["inference"])
+
+
+# ---------------------------------------------------------------- CUDA (skipped without a GPU)
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@gpu
+def test_cuda_rows_run_at_tiny_size():
+    """Every CUDA case's code path in seconds (no compilation): bf16 latency with CUDA graphs
+    for both contenders, batch inference, the 224-px training step with aux heads."""
+    dev = torch.device("cuda")
+    s = dataclasses.replace(TINY_SETTINGS, input_size=64, throughput_batch=4, train_batch=4,
+                            compile_torchvision=False)
+    latency = bench.bench_inference(dev, 1, s, "bf16", cuda_graphs=True)
+    assert latency.ours > 0 and latency.ours_path.endswith("CUDA graph") and not latency.notes, latency
+    assert latency.max_abs_diff is not None and math.isfinite(latency.max_abs_diff)
+    throughput = bench.bench_inference(dev, 4, s, "bf16")
+    assert throughput.unit == "img/s" and throughput.ours > 0
+    train = bench.bench_train_224(dev, s, compile_ours=False)
+    assert train.unit == "img/s" and train.ours > 0 and train.torchvision > 0

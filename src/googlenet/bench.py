@@ -6,7 +6,8 @@ shape, interleaving their repeats so a busy machine slows both alike:
                on CPU in fp32 its ONNX export (`googlenet export`) in ONNX Runtime when
                that is faster: the faster of the two exact paths, named in `ours_path`
   torchvision  torchvision.models.googlenet, the faster of eager NCHW and channels_last
-               (and, on CUDA, compiled channels_last)
+               (and, on CUDA, compiled channels_last; at batch 1 also replayed as a CUDA
+               graph by the same runner as ours, so graphs alone earn no speedup)
 The training row on CPU has no torchvision counterpart (torchvision has no 28-px
 GoogLeNet): its reference column is the plain, unoptimised googlenet_cifar in eager mode.
 
@@ -22,14 +23,16 @@ import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .device import resolve_device
+from .errors import UserError, first_line
 from .fast import optimize
+from .fast.cuda_graph import CUDAGraphRunner
 from .models import create_model
 
 AUX_WEIGHT = 0.3  # the paper's auxiliary loss weight
@@ -245,6 +248,14 @@ def bench_inference(device: torch.device, batch: int, s: Settings, precision: st
     if compile_tv:
         contenders["compiled channels_last"] = _infer_fn(
             torch.compile(_channels_last(tv)), x, device, precision, channels_last=True)
+    notes: list[str] = []
+    if cuda_graphs and device.type == "cuda":
+        try:
+            graphed = _graphed_fn(_channels_last(tv), x, precision)
+            graphed()  # captures now: a capture failure drops this contender, not the row
+            contenders["CUDA graph channels_last"] = graphed
+        except Exception as e:  # noqa: BLE001 - reported in the row's notes
+            notes.append(f"torchvision as a CUDA graph failed ({first_line(e)}); not compared")
     times = time_interleaved(contenders, device, s.warmup, s.repeats if batch == 1 else s.batch_repeats)
     path, ours_s = _best(times, list(ours_paths))
     diff, exact = _max_diff(ours_paths[path](), contenders["eager NCHW"]())
@@ -252,7 +263,20 @@ def bench_inference(device: torch.device, batch: int, s: Settings, precision: st
     name = case or (f"inference latency {s.input_size}px" if batch == 1 else f"inference {s.input_size}px")
     return _row(name, device, batch, ours_precision, unit, (path, ours_s),
                 _best(times, [n for n in contenders if n not in ours_paths]),
-                max_abs_diff=diff, exact=exact if precision == "fp32" else None, counts=counts)
+                max_abs_diff=diff, exact=exact if precision == "fp32" else None, counts=counts, notes=notes)
+
+
+def _graphed_fn(model: nn.Module, x: Tensor, precision: str) -> Callable[[], Tensor]:
+    """`model` (channels_last) replayed as one CUDA graph per call, autocast inside the graph.
+
+    Autocast's weight-cast cache must be off under capture: a cast cached before the
+    capture would be left out of the graph, and replays would read a freed buffer."""
+
+    def forward(inp: Tensor) -> Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16", cache_enabled=False):
+            return model(inp)
+
+    return _infer_fn(CUDAGraphRunner(forward), x, x.device, "fp32", channels_last=True)
 
 
 def _onnxruntime_fn(model: nn.Module, x: Tensor) -> Callable[[], Tensor] | None:
@@ -353,37 +377,34 @@ def machine_description(device: torch.device) -> str:
     return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
+CASES_ENV = "GOOGLENET_BENCH_CASES"  # e.g. "latency,train": run only those cases (bench/gpu.sh)
+
+
 def run_bench(device: str = "cpu", quick: bool = False, settings: Settings | None = None,
-              log: Callable[[str], None] | None = None) -> dict:
-    """Run every case for `device`; returns the JSON-able report."""
+              log: Callable[[str], None] | None = None, cases: Sequence[str] | None = None) -> dict:
+    """Run every case for `device` (or only `cases`, by key: see `case_keys`); returns the
+    JSON-able report. Without `cases`, the env variable GOOGLENET_BENCH_CASES (comma-separated
+    keys) selects them, so a script can run each case in its own process under its own timeout."""
     import torchvision
 
     dev = resolve_device(device)
     s = settings or Settings.for_device(dev, quick)
     torch.manual_seed(0)
     say = log or (lambda msg: None)
-    cases: list[tuple[str, Callable[[], Row]]]
+    table = _cases(dev, s)
+    if cases is None and os.environ.get(CASES_ENV, "").strip():
+        cases = [c.strip() for c in os.environ[CASES_ENV].split(",") if c.strip()]
+    if cases is not None:
+        unknown = [c for c in cases if c not in table]
+        if unknown:
+            raise UserError(f"unknown bench case {', '.join(map(repr, unknown))} on {dev.type}; "
+                            f"choose from {', '.join(table)}")
+        table = {key: table[key] for key in cases}
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        cases = [
-            ("training step", lambda: bench_train_224(dev, s)),
-            ("inference", lambda: bench_inference(dev, s.throughput_batch, s, "bf16", compile_ours=True,
-                                                  compile_tv=s.compile_torchvision)),
-            ("batch-1 latency", lambda: bench_inference(dev, s.latency_batch, s, "bf16", cuda_graphs=True)),
-        ]
-    else:
-        cases = [
-            ("batch-1 latency", lambda: bench_inference(dev, s.latency_batch, s)),
-            ("batch throughput", lambda: bench_inference(dev, s.throughput_batch, s)),
-            ("training", lambda: bench_train_cifar_cpu(s)),
-        ]
-        if s.bf16_cpu_row:
-            cases.append(("bf16 latency (not exact)", lambda: bench_inference(
-                dev, s.latency_batch, s, "bf16", case=f"inference latency {s.input_size}px bf16 (not exact)",
-                counts=False)))
     load_before = _load_average()
     rows: list[Row] = []
-    for label, case in cases:
+    for label, case in table.values():
         say(f"bench: {label} ...")
         start = time.perf_counter()
         row = case()
@@ -399,6 +420,32 @@ def run_bench(device: str = "cpu", quick: bool = False, settings: Settings | Non
         "load_average": {"before": load_before, "after": _load_average()},
         "rows": [asdict(r) for r in rows],
     }
+
+
+def case_keys(device: str | torch.device) -> list[str]:
+    """The cases a run on `device` can do, in order (keys for `cases` / GOOGLENET_BENCH_CASES)."""
+    dev = torch.device(device)
+    return list(_cases(dev, Settings.for_device(dev)))
+
+
+def _cases(dev: torch.device, s: Settings) -> dict[str, tuple[str, Callable[[], Row]]]:
+    if dev.type == "cuda":
+        return {
+            "latency": ("batch-1 latency", lambda: bench_inference(dev, s.latency_batch, s, "bf16", cuda_graphs=True)),
+            "throughput": ("inference", lambda: bench_inference(dev, s.throughput_batch, s, "bf16", compile_ours=True,
+                                                                 compile_tv=s.compile_torchvision)),
+            "train": ("training step", lambda: bench_train_224(dev, s)),
+        }
+    cases = {
+        "latency": ("batch-1 latency", lambda: bench_inference(dev, s.latency_batch, s)),
+        "throughput": ("batch throughput", lambda: bench_inference(dev, s.throughput_batch, s)),
+        "train": ("training", lambda: bench_train_cifar_cpu(s)),
+    }
+    if s.bf16_cpu_row:
+        cases["bf16-latency"] = ("bf16 latency (not exact)", lambda: bench_inference(
+            dev, s.latency_batch, s, "bf16", case=f"inference latency {s.input_size}px bf16 (not exact)",
+            counts=False))
+    return cases
 
 
 def _load_average() -> list[float] | None:
@@ -425,4 +472,5 @@ def format_table(report: dict) -> str:
         if r["max_abs_diff"] is not None:
             verdict = "exact" if r["exact"] else ("not exact" if r["exact"] is False else "n/a")
             notes.append(f"{r['case']}: max |ours - torchvision| = {r['max_abs_diff']:.2e} ({verdict})")
+        notes += [f"{r['case']}: {note}" for note in r.get("notes") or []]
     return "\n".join(out + [""] + notes)
