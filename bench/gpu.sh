@@ -1,20 +1,45 @@
 #!/usr/bin/env bash
-# Every GPU figure of BENCHMARKS.md in one command (about 8 minutes on one H100):
-#   1. googlenet bench --device cuda --json: bf16 training step and inference at batch 256
-#      (224 px), batch-1 latency; ours vs torchvision's best in one process.
-#   2. Fashion-MNIST time-to-accuracy: 3 seeds of `googlenet train --recipe fmnist`, timed
-#      from process start to the printed test accuracy.
-# Then a short table, printed last. Everything is tee'd to $OUT/log when $OUT is set.
+# Every GPU figure of BENCHMARKS.md in one command, sized for one H100 lent for 15 minutes
+# (machine start included): about 8.5 minutes by default, never more than DEADLINE_S.
 #
-# Environment: PYTHON (default .venv/bin/python, else python3), OUT (results folder),
-# FMNIST_DATA (folder with the four Fashion-MNIST idx .gz files; default: the system copy,
-# else ./data/fashion-mnist, else shared/fashion-mnist), SEEDS (default "0 1 2"),
-# SKIP_BENCH=1 / SKIP_FMNIST=1 to run one half, TORCHINDUCTOR_CACHE_DIR (compile cache),
-# PAPER_BUDGET (e.g. 5m: also train the no-BN paper `googlenet` with the paper recipe on
-# Fashion-MNIST at 96 px for that long and keep its curve; off by default to stay in ~8 min).
-# For a dry run of the script's plumbing on a CPU: DEVICE=cpu with BENCH_ARGS / TRAIN_ARGS
-# (extra flags, e.g. tiny sizes and --limit-train) -- those figures mean nothing.
-# Exit codes: 0 done (or no CUDA GPU: a message, nothing measured), 1 a step failed.
+# Steps (each in its own process, under its own `timeout`; one that hangs or crashes costs
+# its own time only, and the next one still runs):
+#   env         torch/torchvision/GPU versions
+#   tests       the GPU tests (pytest -k "cuda or gpu"): CUDA graphs exact, bf16 fused train
+#               step, loader without host syncs, every bench case at tiny size -- seconds,
+#               and they say whether the figures below come from working code
+#   latency     googlenet bench: batch-1 bf16 latency, ours (CUDA graph) vs torchvision
+#               (eager, and replayed as a CUDA graph by the same runner)
+#   throughput  googlenet bench: bf16 inference img/s at batch 256, 224 px, ours compiled vs
+#               torchvision eager and compiled (two compilations)
+#   train       googlenet bench: bf16 training step img/s at batch 256, 224 px, aux heads,
+#               ours (fused 1x1, channels_last) compiled vs torchvision eager and compiled
+#   fmnist      Fashion-MNIST time-to-accuracy: `googlenet train --recipe fmnist`, one run per
+#               seed (SEEDS, default "0"), timed from process start to the printed accuracy
+#   paper       only with PAPER_BUDGET (e.g. 5m): the no-BN paper `googlenet` with the paper
+#               recipe on Fashion-MNIST at 96 px for that long, its curve kept
+# Each step's result is printed as soon as it ends; results.json is rewritten after every
+# step, and a short table (summary.txt) ends the log.
+#
+# Environment:
+#   PYTHON      default .venv/bin/python, else python3
+#   OUT         results folder (default runs/gpu-bench): log, results.json, summary.txt and
+#               each Fashion-MNIST run's metrics.csv (at most 8 files); run folders, compile
+#               cache and per-step files go to WORK (default runs/gpu-bench/work)
+#   STEPS       which steps, in order; default "tests latency fmnist throughput train": the
+#               steps whose time is predictable first, the compile-heavy rows last (env always runs)
+#   SEEDS       Fashion-MNIST seeds, default "0" (each about 3 minutes on an H100)
+#   FMNIST_DATA folder with the four Fashion-MNIST idx .gz files; default: the system copy,
+#               else ./data/fashion-mnist, else ./shared/fashion-mnist
+#   DEADLINE_S  wall-clock seconds for the whole script (default 570: the device tool stops a
+#               command at 600); a step gets at most the time left, a step that cannot start
+#               with 30 s left is skipped
+#   SKIP_BENCH=1 / SKIP_FMNIST=1 drop the bench steps / the Fashion-MNIST runs
+#   PAPER_BUDGET see above (off by default)
+#   For a dry run of the plumbing on a CPU: DEVICE=cpu with BENCH_ARGS / TRAIN_ARGS (extra
+#   flags, e.g. tiny sizes and --limit-train) -- those figures mean nothing.
+# Exit codes: 0 every step ran (or no CUDA GPU: one line, nothing measured), 1 a step failed,
+# timed out or was skipped for lack of time.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
@@ -24,56 +49,81 @@ if [[ -z "$PYTHON" ]]; then
   if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 RESULTS=${OUT:-runs/gpu-bench}
-mkdir -p "$RESULTS"
+WORK=${WORK:-runs/gpu-bench/work}
+mkdir -p "$RESULTS" "$WORK"
 LOG="$RESULTS/log"
-export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/.cache/inductor}
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/$WORK/inductor-cache}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-SEEDS=${SEEDS:-"0 1 2"}
 DEVICE=${DEVICE:-cuda}
+SEEDS=${SEEDS:-0}
+STEPS=${STEPS:-tests latency fmnist throughput train}
+DEADLINE_S=${DEADLINE_S:-570}
 BENCH_ARGS=${BENCH_ARGS:-}
 TRAIN_ARGS=${TRAIN_ARGS:-}
+[[ "${SKIP_BENCH:-0}" == 1 ]] && STEPS=$(echo " $STEPS " | sed 's/ latency / /; s/ throughput / /; s/ train / /')
+[[ "${SKIP_FMNIST:-0}" == 1 ]] && STEPS=$(echo " $STEPS " | sed 's/ fmnist / /')
+[[ -n "${PAPER_BUDGET:-}" ]] && STEPS="$STEPS paper"
+STEPS=$(echo $STEPS)  # trim
+for step in $STEPS; do
+  case $step in tests|latency|throughput|train|fmnist|paper) ;;
+    *) echo "bench/gpu.sh: unknown step '$step' in STEPS; choose from: tests latency fmnist throughput train paper"; exit 2 ;;
+  esac
+done
 
-main() {
-echo "== bench/gpu.sh  $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-if [[ "$DEVICE" == cuda ]] && ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 3)"; then
-  echo "bench/gpu.sh: no CUDA GPU visible (torch.cuda.is_available() is False): nothing measured."
-  echo "Run it on a machine with an NVIDIA GPU; for CPU figures use: googlenet bench --device cpu"
-  return 0
+# Seconds per step on one H100 with a cold compile cache (each torch.compile of GoogLeNet
+# is about a minute there): estimate, and the cap its `timeout` gets.
+declare -A EST=([tests]=25 [latency]=20 [throughput]=130 [train]=150 [fmnist]=170 [paper]=0)
+declare -A CAP=([tests]=150 [latency]=150 [throughput]=300 [train]=330 [fmnist]=360 [paper]=0)
+if [[ -n "${PAPER_BUDGET:-}" ]]; then
+  paper_s=$("$PYTHON" -c "import sys; sys.path.insert(0, 'src'); from googlenet.train.recipes import parse_duration as p; print(int(p(sys.argv[1])))" "$PAPER_BUDGET" 2>/dev/null || echo 300)
+  EST[paper]=$((paper_s + 40)); CAP[paper]=$((paper_s + 150))
 fi
-[[ "$DEVICE" == cuda ]] && { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true; }
-"$PYTHON" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+STEPS_TSV="$WORK/steps.tsv"
+: > "$STEPS_TSV"
+OVERALL=0
 
-status=0
-if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
-  echo "== googlenet bench --device $DEVICE --json $BENCH_ARGS"
-  start=$(date +%s)
-  # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
-  if "$PYTHON" -m googlenet bench --device "$DEVICE" --json $BENCH_ARGS > "$RESULTS/bench.json"; then
-    echo "bench: $(( $(date +%s) - start )) s"
-  else
-    echo "bench: FAILED (see the log above)"; status=1
+left() { echo $((DEADLINE_S - SECONDS)); }
+
+# run_step NAME SECONDS_CAP COMMAND...: under `timeout`, at most the time left; records the outcome.
+run_step() {
+  local name=$1 cap=$2; shift 2
+  local remaining; remaining=$(( $(left) - 10 ))  # 10 s for the summary
+  if (( remaining < 30 )); then
+    echo "-- $name: SKIPPED (only $((remaining + 10)) s left of DEADLINE_S=$DEADLINE_S)"
+    printf '%s\tSKIPPED\t0\tno time left\n' "$name" >> "$STEPS_TSV"; OVERALL=1; return 1
   fi
-fi
+  local limit=$(( cap < remaining ? cap : remaining ))
+  echo "== $name (limit ${limit} s, $(left) s left)"
+  local start=$SECONDS rc
+  # bash -c: the command may be one of the functions below (exported); timeout signals the
+  # whole process group (compile workers, the training child), then SIGKILLs 15 s later.
+  timeout --kill-after=15 "$limit" bash -c '"$@"' "$name" "$@"
+  rc=$?
+  local took=$((SECONDS - start)) status=ok
+  if (( rc == 124 || rc == 137 )); then status=TIMEOUT; OVERALL=1
+  elif (( rc != 0 )); then status="FAILED(rc=$rc)"; OVERALL=1; fi
+  printf '%s\t%s\t%s\t\n' "$name" "$status" "$took" >> "$STEPS_TSV"
+  echo "-- $name: $status in ${took} s"
+  summarize > /dev/null
+  return $rc
+}
 
-if [[ "${SKIP_FMNIST:-0}" != 1 ]]; then
-  data=${FMNIST_DATA:-}
-  for d in /usr/share/datasets/fashion-mnist data/fashion-mnist shared/fashion-mnist; do
-    [[ -z "$data" && -f "$d/t10k-labels-idx1-ubyte.gz" ]] && data=$d
-  done
-  if [[ -z "$data" ]]; then
-    echo "fmnist: no Fashion-MNIST idx .gz files found; set FMNIST_DATA=DIR (skipped)"
-  else
-    echo "== Fashion-MNIST time-to-accuracy (recipe fmnist, data $data, seeds $SEEDS)"
-    for seed in $SEEDS; do
-      # Timed from process start to the printed accuracy line (data loading, compilation included).
-      "$PYTHON" - "$seed" "$data" "$RESULTS" "$DEVICE" $TRAIN_ARGS <<'PY' || status=1
+bench_case() {  # bench_case KEY: one bench case, its JSON report into $WORK/bench-KEY.json
+  # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
+  GOOGLENET_BENCH_CASES=$1 "$PYTHON" -m googlenet bench --device "$DEVICE" --json $BENCH_ARGS > "$WORK/bench-$1.json.tmp" \
+    && mv "$WORK/bench-$1.json.tmp" "$WORK/bench-$1.json"
+}
+
+fmnist_seed() {  # fmnist_seed SEED DATA: one timed run of the fmnist recipe
+  # shellcheck disable=SC2086
+  "$PYTHON" - "$1" "$2" "$WORK" "$DEVICE" $TRAIN_ARGS <<'PY'
 import json, re, subprocess, sys, time
-seed, data, results, device = sys.argv[1:5]
+seed, data, work, device = sys.argv[1:5]
+run = f"{work}/fmnist-seed{seed}"
 cmd = [sys.executable, "-m", "googlenet", "train", "--recipe", "fmnist", "--dataset", "fashion-mnist",
-       "--data", data, "--device", device, "--seed", seed, "--out", f"{results}/fmnist-seed{seed}",
-       *sys.argv[5:]]
+       "--data", data, "--device", device, "--seed", seed, "--out", run, *sys.argv[5:]]
 print("$", " ".join(cmd), flush=True)
-start = time.perf_counter()
+start = time.perf_counter()  # from process start to the printed accuracy (data loading included)
 proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
 found = None
 for line in proc.stdout:
@@ -85,47 +135,131 @@ code = proc.wait()
 if found is None or code != 0:
     print(f"fmnist seed {seed}: no accuracy line (exit code {code})", flush=True)
     sys.exit(1)
-with open(f"{results}/fmnist-seed{seed}.json", "w") as f:
+with open(f"{work}/fmnist-seed{seed}.json", "w") as f:
     json.dump(found, f)
 print(f"fmnist seed {seed}: {found['top1']:.2f}% in {found['seconds']:.1f} s", flush=True)
 PY
-    done
-  fi
-fi
+}
 
-if [[ -n "${PAPER_BUDGET:-}" ]]; then
-  echo "== paper recipe, no-BN googlenet, Fashion-MNIST at 96 px, budget $PAPER_BUDGET"
+paper_run() {
   # shellcheck disable=SC2086
-  "$PYTHON" -m googlenet train --recipe paper --dataset fashion-mnist --input-size 96 --budget "$PAPER_BUDGET" \
-    --device "$DEVICE" --out "$RESULTS/paper-fmnist" $TRAIN_ARGS || status=1
-  cat "$RESULTS/paper-fmnist/metrics.csv" 2>/dev/null
-fi
+  "$PYTHON" -m googlenet train --recipe paper --dataset fashion-mnist --data "$1" --input-size 96 \
+    --budget "$PAPER_BUDGET" --device "$DEVICE" --out "$WORK/paper-fmnist" $TRAIN_ARGS
+}
 
-echo "== summary"
-"$PYTHON" - "$RESULTS" <<'PY'
-import glob, json, os, statistics, sys
-results = sys.argv[1]
-path = os.path.join(results, "bench.json")
-if os.path.exists(path):
-    report = json.load(open(path))
-    print(f"{report['machine']}; torch {report['torch']}, torchvision {report['torchvision']}")
-    print(f"{'case':<28} {'batch':>5} {'prec':>5} {'ours':>10} {'torchvision':>12} {'unit':>6} {'speedup':>8}")
-    for r in report["rows"]:
-        print(f"{r['case']:<28} {r['batch']:>5} {r['precision']:>5} {r['ours']:>10.4g} {r['torchvision']:>12.4g} "
-              f"{r['unit']:>6} {r['speedup']:>7.2f}x  (reference: {r['torchvision_path']})")
+export -f bench_case fmnist_seed paper_run
+export PYTHON WORK DEVICE BENCH_ARGS TRAIN_ARGS PAPER_BUDGET
+
+# The merged results (results.json) and the table (summary.txt), from what the steps left.
+summarize() {
+  "$PYTHON" - "$WORK" "$RESULTS" <<'PY'
+import csv, glob, json, os, shutil, statistics, sys
+work, results = sys.argv[1:3]
+out = {"steps": [], "bench": None, "fmnist": []}
+with open(os.path.join(work, "steps.tsv")) as f:
+    for name, status, seconds, note in csv.reader(f, delimiter="\t"):
+        out["steps"].append({"step": name, "status": status, "seconds": int(seconds), "note": note})
+rows = []
+for key in ("latency", "throughput", "train"):
+    path = os.path.join(work, f"bench-{key}.json")
+    if os.path.exists(path):
+        report = json.load(open(path))
+        rows += report["rows"]
+        out["bench"] = {k: report[k] for k in ("machine", "torch", "torchvision", "date")}
+if out["bench"] is not None:
+    out["bench"]["rows"] = rows
+out["fmnist"] = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(work, "fmnist-seed*.json")))]
+for run in sorted(glob.glob(os.path.join(work, "fmnist-seed*"))) + [os.path.join(work, "paper-fmnist")]:
+    metrics = os.path.join(run, "metrics.csv")
+    if os.path.isfile(metrics):  # also from a run cut short
+        shutil.copyfile(metrics, os.path.join(results, os.path.basename(run) + "-metrics.csv"))
+tmp = os.path.join(results, "results.json.tmp")
+with open(tmp, "w") as f:
+    json.dump(out, f, indent=2)
+os.replace(tmp, os.path.join(results, "results.json"))
+
+lines = ["step         status        seconds"]
+lines += [f"{s['step']:<12} {s['status']:<13} {s['seconds']:>7}" for s in out["steps"]]
+if out["bench"]:
+    b = out["bench"]
+    lines += ["", f"{b['machine']}; torch {b['torch']}, torchvision {b['torchvision']}",
+              f"{'case':<24} {'batch':>5} {'prec':>5} {'ours':>10} {'torchvision':>12} {'unit':>6} {'speedup':>8}"
+              "  ours path | torchvision's fastest"]
+    for r in rows:
+        lines.append(f"{r['case']:<24} {r['batch']:>5} {r['precision']:>5} {r['ours']:>10.4g} {r['torchvision']:>12.4g} "
+                     f"{r['unit']:>6} {r['speedup']:>7.2f}x  {r['ours_path']} | {r['torchvision_path']}")
+        if r.get("max_abs_diff") is not None:
+            lines.append(f"{'':<24} max |ours - torchvision| = {r['max_abs_diff']:.3g}")
+        lines += [f"{'':<24} note: {n}" for n in r.get("notes") or []]
 else:
-    print("bench: no results")
-runs = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(results, "fmnist-seed*.json")))]
+    lines += ["", "bench: no results"]
+runs = out["fmnist"]
 if runs:
-    acc = [r["top1"] for r in runs]
-    sec = [r["seconds"] for r in runs]
-    print(f"Fashion-MNIST fmnist recipe, {len(runs)} seeds: top-1 " + ", ".join(f"{a:.2f}" for a in acc)
-          + f" (mean {statistics.mean(acc):.2f}%); seconds to printed accuracy "
-          + ", ".join(f"{s:.1f}" for s in sec) + f" (mean {statistics.mean(sec):.1f})")
+    acc, sec = [r["top1"] for r in runs], [r["seconds"] for r in runs]
+    lines.append("")
+    lines.append(f"Fashion-MNIST, recipe fmnist, {len(runs)} seed(s): top-1 " + ", ".join(f"{a:.2f}" for a in acc)
+                 + f"% (mean {statistics.mean(acc):.2f}); seconds from start to printed accuracy "
+                 + ", ".join(f"{s:.1f}" for s in sec) + f" (mean {statistics.mean(sec):.1f})")
 else:
-    print("Fashion-MNIST: no results")
+    lines += ["", "Fashion-MNIST: no results"]
+text = "\n".join(lines)
+with open(os.path.join(results, "summary.txt"), "w") as f:
+    f.write(text + "\n")
+print(text)
 PY
-return $status
+}
+
+main() {
+echo "== bench/gpu.sh  $(date -u +%Y-%m-%dT%H:%M:%SZ)  device $DEVICE, steps: $STEPS"
+if [[ "$DEVICE" == cuda ]] && ! timeout 120 "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 3)"; then
+  echo "bench/gpu.sh: no CUDA GPU visible (torch.cuda.is_available() is False): nothing measured; run it where an NVIDIA GPU is (CPU figures: googlenet bench --device cpu)"
+  return 0
+fi
+total=0
+echo "plan (seconds on one H100, cold compile cache; limit = the step's timeout, or the time left):"
+printf '  %-11s %5s %6s\n' step est limit
+for step in $STEPS; do
+  n=1; [[ $step == fmnist ]] && n=$(echo $SEEDS | wc -w)
+  printf '  %-11s %5s %6s\n' "$step" $((EST[$step] * n)) "${CAP[$step]}"
+  total=$((total + EST[$step] * n))
+done
+echo "  estimated total ${total} s (~$(( (total + 30) / 60 )) min) + ~10 s setup; DEADLINE_S=$DEADLINE_S"
+
+if [[ "$DEVICE" == cuda ]]; then
+  timeout 20 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+fi
+timeout 120 "$PYTHON" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, '| CUDA', torch.version.cuda, '| cuDNN', torch.backends.cudnn.version())"
+
+data=${FMNIST_DATA:-}
+for d in /usr/share/datasets/fashion-mnist data/fashion-mnist shared/fashion-mnist; do
+  [[ -z "$data" && -f "$d/t10k-labels-idx1-ubyte.gz" ]] && data=$d
+done
+
+for step in $STEPS; do
+  case $step in
+    tests)
+      run_step tests "${CAP[tests]}" "$PYTHON" -m pytest -q -p no:cacheprovider -k "cuda or gpu" \
+        tests/test_fast.py tests/test_bench.py tests/data/test_gpu_loader.py tests/test_evaluate.py ;;
+    latency|throughput|train)
+      run_step "$step" "${CAP[$step]}" bench_case "$step" ;;
+    fmnist|paper)
+      if [[ -z "$data" ]]; then
+        echo "-- $step: SKIPPED: no Fashion-MNIST idx .gz files found; set FMNIST_DATA=DIR (or copy them to data/fashion-mnist)"
+        printf '%s\tSKIPPED\t0\tno data\n' "$step" >> "$STEPS_TSV"; OVERALL=1; continue
+      fi
+      if [[ $step == paper ]]; then
+        run_step paper "${CAP[paper]}" paper_run "$data"
+      else
+        for seed in $SEEDS; do
+          run_step "fmnist-seed$seed" "${CAP[fmnist]}" fmnist_seed "$seed" "$data"
+        done
+      fi ;;
+  esac
+done
+
+echo "== summary ($SECONDS s in all)"
+summarize
+return $OVERALL
 }
 
 main 2>&1 | tee "$LOG"
