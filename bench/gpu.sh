@@ -51,8 +51,9 @@ fi
 RESULTS=${OUT:-runs/gpu-bench}
 WORK=${WORK:-runs/gpu-bench/work}
 mkdir -p "$RESULTS" "$WORK"
+WORK=$(cd "$WORK" && pwd)
 LOG="$RESULTS/log"
-export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/$WORK/inductor-cache}
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$WORK/inductor-cache}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 DEVICE=${DEVICE:-cuda}
 SEEDS=${SEEDS:-0}
