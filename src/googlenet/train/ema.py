@@ -21,22 +21,33 @@ class WeightAverage:
             p.requires_grad_(False)
         self.decay = decay
         self.updates = 0
+        self._pairs_for: tuple[int, tuple] | None = None  # (id(model), tensor lists), built once
 
-    def _pairs(self, model: nn.Module):
-        mine = self.module.state_dict()
-        theirs = model.state_dict()
-        floats = [(mine[k], theirs[k]) for k in mine if mine[k].is_floating_point()]
-        others = [(mine[k], theirs[k]) for k in mine if not mine[k].is_floating_point()]
-        return floats, others
+    def _pairs(self, model: nn.Module) -> tuple:
+        """(averaged floats, model floats, averaged others, model others), matched by name.
+
+        Built on the first update and kept: state_dict() tensors share storage with the
+        modules, and rebuilding two state_dicts every step costs ~1,500 Python calls
+        (a GPU step is only a few milliseconds).
+        """
+        if self._pairs_for is None or self._pairs_for[0] != id(model):
+            mine = self.module.state_dict(keep_vars=True)
+            theirs = model.state_dict(keep_vars=True)
+            floats = [k for k in mine if mine[k].is_floating_point()]
+            others = [k for k in mine if not mine[k].is_floating_point()]
+            lists = ([mine[k].detach() for k in floats], [theirs[k].detach() for k in floats],
+                     [mine[k].detach() for k in others], [theirs[k].detach() for k in others])
+            self._pairs_for = (id(model), lists)
+        return self._pairs_for[1]
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        floats, others = self._pairs(model)
-        torch._foreach_lerp_([a for a, _ in floats], [b.detach() for _, b in floats], 1.0 - d)
-        for a, b in others:
-            a.copy_(b)
+        mine, theirs, mine_other, theirs_other = self._pairs(model)
+        torch._foreach_lerp_(mine, theirs, 1.0 - d)
+        if mine_other:
+            torch._foreach_copy_(mine_other, theirs_other)
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "updates": self.updates}
