@@ -94,6 +94,14 @@ def test_missing_fashion_mnist_names_all_three_routes(tmp_path, monkeypatch):
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("name", ["fashion-mnist", "cifar10"])
+def test_a_data_folder_that_does_not_exist_is_named_as_such(tmp_path, name):
+    with pytest.raises(UserError) as info:
+        load_dataset(name, "train", data_dir=tmp_path / "typo")
+    message = str(info.value)
+    assert f"--data {tmp_path / 'typo'}: no such folder" in message and "\n" not in message
+
+
 def test_unknown_dataset_suggests():
     with pytest.raises(UserError, match="cifar10"):
         load_dataset("cifar-10", "train")
@@ -183,5 +191,9 @@ def test_image_folder(tmp_path):
     image, label = train[3]
     assert image.size == (48, 40) and label == 1
     assert len(datasets.image_folder(root, "val")) == 4
-    with pytest.raises(UserError, match="train/"):
+    with pytest.raises(UserError, match="train/.*does not exist"):
         datasets.image_folder(tmp_path / "empty", "train")
+    (tmp_path / "only_train" / "train").mkdir(parents=True)
+    with pytest.raises(UserError) as info:  # eval reads test/ or val/: the message names both
+        datasets.image_folder(tmp_path / "only_train", "test")
+    assert "has no test/ or val/ folder" in str(info.value) and "does not exist" not in str(info.value)

@@ -171,6 +171,9 @@ def _fashion_mnist(split: str, data_dir: str | os.PathLike | None) -> ArrayDatas
 
 def _locate_fashion_mnist(split: str, data_dir: str | os.PathLike | None) -> tuple[Path, Path]:
     if data_dir is not None:
+        if not Path(data_dir).is_dir():
+            raise UserError(f"--data {data_dir}: no such folder; pass the folder holding the four "
+                            f"Fashion-MNIST idx files, or leave --data out to use {FASHION_MNIST_SYSTEM_DIR}")
         found = _fmnist_files(Path(data_dir), split)
         if found:
             return found
@@ -292,6 +295,8 @@ def _cifar_sources(name: str, data_dir: str | os.PathLike | None) -> tuple[Path,
         raise UserError(f"{name} needs --data DIR holding {folder}/ or {tarball} (the python version from "
                         "https://www.cs.toronto.edu/~kriz/cifar.html)")
     root = Path(data_dir)
+    if not root.exists():
+        raise UserError(f"--data {data_dir}: no such folder; pass the folder holding {folder}/ or {tarball}")
     for candidate in (root / folder, root):
         if (candidate / _CIFAR_LAYOUT[name][4]).is_file():
             return candidate, False
@@ -378,7 +383,9 @@ def image_folder(root: str | os.PathLike, split: str, transform=None):
         raise UserError(f"unknown split {split!r} for an image folder; use train or val")
     folder = next((root / c for c in candidates if (root / c).is_dir()), None)
     if folder is None:
-        raise UserError(f"{root} has no {candidates[0]}/ folder; an image-folder dataset is "
+        wanted = " or ".join(f"{c}/" for c in candidates)
+        missing = "" if root.is_dir() else " (the folder itself does not exist)"
+        raise UserError(f"{root} has no {wanted} folder{missing}; an image-folder dataset is "
                         f"DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg")
     try:
         dataset = ImageFolder(str(folder), transform=transform, loader=read_rgb)
