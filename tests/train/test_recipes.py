@@ -52,7 +52,12 @@ def test_unknown_key_suggests_the_closest(tmp_path):
 @pytest.mark.parametrize("override, message", [("epochs=two", "epochs must be int"),
                                                ("lr=-1", "lr must be positive"),
                                                ("schedule=linear", "schedule must be one of"),
-                                               ("budget=soon", "duration"), ("lr", "key=value")])
+                                               ("budget=soon", "duration"), ("lr", "key=value"),
+                                               ("limit_train=0", "limit_train must be a positive"),
+                                               ("input_size=-8", "input_size must be a positive"),
+                                               ("workers=-1", "workers must be 0 or more"),
+                                               ("erasing=1.5", "erasing is a fraction"),
+                                               ("dropout=-0.1", "dropout is a fraction")])
 def test_bad_values_are_user_errors(override, message):
     with pytest.raises(UserError, match=message):
         resolve_config(overrides=[override])

@@ -238,6 +238,16 @@ def validate(config: TrainConfig) -> None:
     for key in positive:
         if getattr(config, key) <= 0:
             raise UserError(f"{key} must be positive, got {getattr(config, key)}")
+    for key in ("limit_train", "limit_test", "input_size", "resize", "eval_subset"):  # None: not set
+        value = getattr(config, key)
+        if value is not None and value <= 0:
+            raise UserError(f"{key} must be a positive number (or left unset), got {value}")
+    if config.workers < 0:
+        raise UserError(f"workers must be 0 or more, got {config.workers}")
+    for key in ("dropout", "dropout_aux", "label_smoothing", "erasing", "warmup", "resized_crop_min_area"):
+        value = getattr(config, key)
+        if not 0 <= value <= 1:
+            raise UserError(f"{key} is a fraction between 0 and 1, got {value}")
     if config.lr <= 0:
         raise UserError(f"lr must be positive, got {config.lr}")
     if config.budget is not None:
