@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
+import textwrap
 
 # Order here is the order in `googlenet --help`.
 COMMAND_MODULES = (
@@ -21,12 +23,33 @@ COMMAND_MODULES = (
 )
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, except that descriptions and epilogs keep their line breaks:
+    each line is wrapped on its own, and an indented line (an example command) keeps its
+    indent, so `examples:` lists show one command per line instead of one run-on paragraph."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        lines = []
+        for line in text.splitlines():
+            lead = line[:len(line) - len(line.lstrip())]
+            body = re.sub(r"\s+", " ", line).strip()
+            if not body:
+                lines.append("")
+                continue
+            lines.append(textwrap.fill(body, width, initial_indent=indent + lead,
+                                       subsequent_indent=indent + lead + ("    " if lead else "")))
+        return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="googlenet",
+        formatter_class=HelpFormatter,
         description="GoogLeNet (Inception v1): build, train, evaluate, export and benchmark.",
-        epilog="Run `googlenet COMMAND --help` for a command's options. "
-        "Quick start: `googlenet train --budget 10m` trains on Fashion-MNIST.",
+        epilog="Run `googlenet COMMAND --help` for a command's options and examples.\n"
+        "Quick start (about 10 minutes on a CPU, Fashion-MNIST):\n"
+        "  googlenet train --budget 10m --out runs/demo\n"
+        "  googlenet predict runs/demo/model.safetensors IMAGE.png",
     )
     from . import __version__
 
@@ -41,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    for command in sub.choices.values():
+        command.formatter_class = HelpFormatter
     return parser
 
 
@@ -55,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"googlenet {args.command}: error: {e}", file=sys.stderr)
+        # A run stopped on request (Ctrl-C, SIGTERM) is not an error: it says how to continue.
+        label = "" if getattr(e, "requested", False) else "error: "
+        print(f"googlenet {args.command}: {label}{e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"googlenet {args.command}: interrupted", file=sys.stderr)

@@ -10,6 +10,7 @@ failed saves and the leftovers of a killed one.
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ from types import FrameType
 import torch
 from torch import nn
 
-from ..errors import RunError, first_line
+from ..errors import RunError, UserError, first_line
 
 ON_NAN_CHOICES = ("stop", "skip")
 MAX_SKIPS_IN_A_ROW = 20  # that many bad steps in a row: the weights themselves are broken, skipping cannot help
@@ -30,6 +31,8 @@ STOP_SIGNALS = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
 
 class StopRequested(RunError):
     """The run stopped on request after saving a checkpoint; exit code 128 + the signal number."""
+
+    requested = True  # the CLI prints it without "error:": the user asked for it
 
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
@@ -137,11 +140,17 @@ def save_failed(path: str | os.PathLike, error: BaseException, run_dir: str | os
                     f"intact. Free disk space or make the folder writable{resume}")
 
 
-def write_error(error: BaseException, run_dir: str | os.PathLike) -> RunError | None:
+def write_error(error: BaseException, run_dir: str | os.PathLike) -> UserError | None:
     """`error` as a save failure if it is a failed write into the run folder, else None."""
-    run_dir = Path(run_dir).resolve()
+    given = Path(run_dir)
+    run_dir = given.resolve()
     if isinstance(error, OSError) and error.filename:
         path = Path(error.filename).resolve()
+        if (path == run_dir or path in run_dir.parents) and not run_dir.is_dir():
+            # The run folder itself could not be made: --out names a file, or a place that cannot hold one.
+            reason = error.strerror or first_line(error)
+            kind = UserError if error.errno in (errno.ENOENT, errno.EEXIST, errno.ENOTDIR, errno.EISDIR) else RunError
+            return kind(f"cannot create the run folder {given} ({reason}: {error.filename}); pick another --out")
         if path == run_dir or run_dir in path.parents:
             name = path.name
             if name.startswith(".") and name.endswith(".tmp"):  # atomic_write's .<name>.<random>.tmp
@@ -163,8 +172,6 @@ class RunLock:
 
     def __enter__(self) -> "RunLock":
         import fcntl
-
-        from ..errors import UserError
 
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,65 @@
+"""googlenet.train.guard: failed writes as one line that says what to do."""
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from googlenet.errors import RunError, UserError
+from googlenet.train import guard
+
+
+def _mkdir_error(path) -> OSError:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return e
+    raise AssertionError(f"{path} could be created")
+
+
+def test_an_out_that_is_a_file_is_a_usage_error(tmp_path):
+    a_file = tmp_path / "photo.png"
+    a_file.write_bytes(b"x")
+    for run_dir in (a_file, a_file / "run", a_file / "deeper" / "run"):  # the file itself, or inside it
+        failed = guard.write_error(_mkdir_error(run_dir), run_dir)
+        assert type(failed) is UserError, failed
+        message = str(failed)
+        assert f"cannot create the run folder {run_dir}" in message and "pick another --out" in message
+        assert "--resume" not in message and "\n" not in message  # nothing was started: nothing to resume
+
+
+def test_an_unwritable_place_for_the_run_folder_is_a_run_error(tmp_path):
+    run_dir = tmp_path / "ro" / "run"
+    error = PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(tmp_path / "ro"))
+    failed = guard.write_error(error, run_dir)
+    assert type(failed) is RunError and "Permission denied" in str(failed) and "pick another --out" in str(failed)
+
+
+def test_a_failed_checkpoint_write_keeps_the_resume_advice(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run_dir / ".last.pt.abc123.tmp"))
+    failed = guard.write_error(error, run_dir)
+    assert isinstance(failed, RunError) and "cannot write last.pt" in str(failed)
+    assert f"--resume {run_dir}" in str(failed)
+
+
+def test_errors_elsewhere_are_not_claimed(tmp_path):
+    assert guard.write_error(OSError(errno.ENOENT, "gone", "/somewhere/else"), tmp_path / "run") is None
+    assert guard.write_error(ValueError("a bug"), tmp_path / "run") is None
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_a_requested_stop_is_not_labelled_an_error(signal_name, capsys, monkeypatch):
+    import signal
+
+    from googlenet import cli
+
+    stop = guard.StopRequested(f"stopped by {signal_name} at step 3; continue with: googlenet train --resume r",
+                               getattr(signal, signal_name))
+    monkeypatch.setattr("googlenet.commands.train.run", lambda args: (_ for _ in ()).throw(stop))
+    code = cli.main(["train"])
+    err = capsys.readouterr().err.strip()
+    assert code == 128 + getattr(signal, signal_name)
+    assert err == f"googlenet train: stopped by {signal_name} at step 3; continue with: googlenet train --resume r"
