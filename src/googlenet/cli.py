@@ -25,19 +25,19 @@ COMMAND_MODULES = (
 
 class HelpFormatter(argparse.HelpFormatter):
     """argparse's formatter, except that descriptions and epilogs keep their line breaks:
-    each line is wrapped on its own, and an indented line (an example command) keeps its
-    indent, so `examples:` lists show one command per line instead of one run-on paragraph."""
+    each line is wrapped on its own, and an indented line (an example command) is printed
+    as written, so `examples:` lists show one whole, copyable command per line."""
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         lines = []
         for line in text.splitlines():
-            lead = line[:len(line) - len(line.lstrip())]
-            body = re.sub(r"\s+", " ", line).strip()
-            if not body:
+            if line.startswith(" "):
+                lines.append(indent + line.rstrip())
+            elif line.strip():
+                lines.append(textwrap.fill(re.sub(r"\s+", " ", line).strip(), width,
+                                           initial_indent=indent, subsequent_indent=indent))
+            else:
                 lines.append("")
-                continue
-            lines.append(textwrap.fill(body, width, initial_indent=indent + lead,
-                                       subsequent_indent=indent + lead + ("    " if lead else "")))
         return "\n".join(lines)
 
 

@@ -16,9 +16,14 @@ def register(subparsers) -> None:
         description="Export a weights file's inference network (aux heads dropped, eval mode) with its "
         "preprocessing and class names embedded. ONNX files are checked with onnx.checker and run "
         "once with onnxruntime against PyTorch before they are kept.",
+        epilog="examples:\n"
+        "  googlenet export runs/demo/model.safetensors --format onnx --dynamic-batch  # -> runs/demo/model.onnx\n"
+        "  googlenet export runs/demo/model.safetensors --format onnx --int8  # -> runs/demo/model.int8.onnx\n"
+        "  googlenet export runs/demo/model.safetensors --format torchscript  # -> runs/demo/model.torchscript.pt\n"
+        "  googlenet predict runs/demo/model.onnx shoe.png  # run the ONNX export",
     )
     p.add_argument("weights", metavar="WEIGHTS", help="a .safetensors weights file written by googlenet")
-    p.add_argument("--format", required=True, help="onnx or torchscript")
+    p.add_argument("--format", required=True, metavar="onnx|torchscript", help="the file format to write")
     p.add_argument("--out", metavar="FILE", help="output file (default: next to WEIGHTS, "
                    "NAME.onnx, NAME.int8.onnx or NAME.torchscript.pt)")
     p.add_argument("--int8", action="store_true", help="ONNX only: static int8 quantization for CPU, "

@@ -16,29 +16,32 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train a GoogLeNet. With no arguments: googlenet_cifar on Fashion-MNIST with the fmnist "
                     "recipe on the best device. Settings come from the recipe, then --config FILE, then the "
                     "flags below, then --set key=value.",
-        epilog="Examples: googlenet train --budget 10m --out runs/demo | googlenet train --dataset cifar10 "
-               "--data ~/data | googlenet train --dataset imagefolder --data DIR --weights imagenet "
-               "--freeze 4e | googlenet train --resume runs/demo")
+        epilog="examples:\n"
+               "  googlenet train --budget 10m --out runs/demo      # the whole schedule in 10 minutes\n"
+               "  googlenet train --dataset cifar10 --data ~/data   # cifar-10-batches-py/ in ~/data\n"
+               "  googlenet train --dataset imagefolder --data DIR --weights imagenet --freeze 4e\n"
+               "  googlenet train --epochs 5 --set label_smoothing=0 --set erasing=0.5\n"
+               "  googlenet train --resume runs/demo                # continue a stopped run")
     p.add_argument("--recipe", help="paper | fmnist | cifar | finetune (default: chosen by the dataset)")
     p.add_argument("--config", metavar="FILE.yaml", help="a YAML file of config keys")
     p.add_argument("--model", help="a registered model (googlenet list-models)")
     p.add_argument("--dataset", help="fashion-mnist | cifar10 | cifar100 | imagefolder")
     p.add_argument("--data", metavar="DIR", help="folder holding the dataset")
-    p.add_argument("--epochs", type=int, help="passes over the training data")
+    p.add_argument("--epochs", type=int, metavar="N", help="passes over the training data")
     p.add_argument("--budget", metavar="TIME", help="fit the whole schedule to a wall-clock budget, e.g. 10m")
-    p.add_argument("--batch-size", type=int, help="images per step (per process)")
-    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--batch-size", type=int, metavar="N", help="images per step (per process)")
+    p.add_argument("--lr", type=float, metavar="X", help="peak learning rate")
     p.add_argument("--device", help="auto | cpu | cuda[:N]")
     p.add_argument("--precision", help="auto | bf16 | fp32")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/train-DATE-TIME)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, metavar="N", help="random seed (default 0): the same seed, the same run")
     p.add_argument("--limit-train", type=int, metavar="N", help="train on the first N images")
     p.add_argument("--limit-test", type=int, metavar="N", help="test on the first N images")
     p.add_argument("--input-size", type=int, metavar="PX", help="square input side fed to the network")
     p.add_argument("--weights", metavar="FILE|imagenet", help="start from saved or pretrained weights")
     p.add_argument("--freeze", metavar="UNTIL", help="freeze the network up to this module, e.g. 4e")
-    p.add_argument("--workers", type=int, help="image-folder loading processes")
+    p.add_argument("--workers", type=int, metavar="N", help="image-folder loading processes")
     p.add_argument("--on-nan", choices=("stop", "skip"),
                    help="a NaN/Inf loss: stop the run, keeping the last checkpoint (default), or skip that step")
     p.add_argument("--tensorboard", action="store_true", default=None, help="also write TensorBoard events")

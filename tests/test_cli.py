@@ -1,0 +1,58 @@
+"""googlenet.cli: every help page renders, and every example it shows parses as written."""
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from googlenet.cli import build_parser, main
+
+COMMANDS = ["list-models", "summary", "import-torchvision", "train", "eval", "predict", "export", "bench"]
+
+
+def _help(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def _examples(text: str) -> list[str]:
+    """The example commands of a help page: indented lines that start with `googlenet`."""
+    return [line.split("#")[0].strip() for line in text.splitlines() if line.startswith("  googlenet ")]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_help_page_renders(command, capsys):
+    text = _help(capsys, command)
+    assert f"usage: googlenet {command}" in text
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "export"])
+def test_examples_are_one_command_per_line_and_parse(command, capsys):
+    text = _help(capsys, command)
+    examples = _examples(text)
+    assert len(examples) >= 2, text
+    parser = build_parser()
+    for example in examples:
+        argv = shlex.split(example)[1:]
+        assert " | " not in example  # no run-on list that reads like a shell pipe
+        args = parser.parse_args(argv)  # a wrong flag in an example exits here
+        assert args.command == argv[0]
+
+
+def test_top_level_help_shows_a_quick_start_that_parses(capsys):
+    text = _help(capsys)
+    examples = _examples(text)
+    assert any("train --budget" in e for e in examples), text
+    for example in examples:
+        build_parser().parse_args(shlex.split(example)[1:])
+
+
+def test_flags_without_help_are_few(capsys):
+    # Every option of the commands users run most says what it does.
+    for command in ("train", "eval", "predict", "export"):
+        parser = build_parser()
+        sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+        bare = [a.option_strings[0] for a in sub._actions if a.option_strings and not a.help]
+        assert not bare, f"{command}: {bare} have no help text"
