@@ -56,3 +56,18 @@ def test_flags_without_help_are_few(capsys):
         sub = next(a for a in parser._actions if a.dest == "command").choices[command]
         bare = [a.option_strings[0] for a in sub._actions if a.option_strings and not a.help]
         assert not bare, f"{command}: {bare} have no help text"
+
+
+def test_import_torchvision_to_an_unwritable_out_is_one_line(tmp_path, capsys):
+    import torch
+
+    import googlenet
+
+    pth = tmp_path / "tv.pth"
+    torch.save(googlenet.create_model("googlenet_tv", num_classes=3, aux_logits=False).state_dict(), pth)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("a file, not a folder")
+    code = main(["import-torchvision", str(pth), str(a_file / "tv.safetensors")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert f"cannot write {a_file / 'tv.safetensors'}" in err and "pick another OUT" in err

@@ -260,6 +260,30 @@ def test_missing_weights_and_overwrite_refused(tmp_path, weights_file, capsys):
     assert_one_line_error(code, err, "overwrite")
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_an_out_that_cannot_be_written_is_one_line(tmp_path, weights_file, capsys, fmt):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("a file, not a folder")
+    code, _, err = run_cli(capsys, "export", str(weights_file), "--format", fmt, "--out", str(a_file / "m.out"))
+    assert_one_line_error(code, err, f"cannot write {a_file / 'm.out'}", str(a_file), "pick another --out")
+    assert list(tmp_path.iterdir()) == [a_file]  # nothing left behind
+
+
+def test_output_error_claims_only_the_output_and_its_folders(tmp_path):
+    import errno
+
+    from googlenet.errors import RunError, UserError, output_error
+
+    out = tmp_path / "dir" / "m.onnx"
+    beside = OSError(errno.ENOENT, "No such file or directory", str(tmp_path / "dir" / ".m.onnx.x1.tmp"))
+    assert type(output_error(beside, out)) is UserError
+    assert str(output_error(beside, out)) == f"cannot write {out} (No such file or directory); pick another --out"
+    denied = PermissionError(errno.EACCES, "Permission denied", str(tmp_path))
+    assert type(output_error(denied, out)) is RunError and str(tmp_path) in str(output_error(denied, out))
+    assert output_error(OSError(errno.ENOENT, "gone", str(tmp_path / "other" / "x")), out) is None
+    assert output_error(ValueError("not an OSError"), out) is None
+
+
 def test_onnx_backend_rejects_files_that_are_not_our_onnx(tmp_path):
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x00\x01 not a protobuf" * 10)

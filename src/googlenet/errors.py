@@ -1,4 +1,9 @@
 """Errors a user can cause. The CLI prints them as one line and exits with `exit_code`."""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -19,3 +24,28 @@ def first_line(error: BaseException, limit: int | None = None) -> str:
     lines = str(error).strip().splitlines()
     text = lines[0] if lines else type(error).__name__
     return text[:limit] if limit else text
+
+
+# A path that cannot name a file (a missing folder that cannot be made, a file where a folder
+# should be): the user's to fix (exit 2). Anything else (permissions, a full disk): exit 1.
+_PATH_MISTAKES = (errno.ENOENT, errno.EEXIST, errno.ENOTDIR, errno.EISDIR)
+
+
+def output_error(error: BaseException, out: str | os.PathLike, fix: str = "pick another --out") -> UserError | None:
+    """A failed write of the output file `out` as one line, or None if `error` is about another file.
+
+    Claims OSErrors on `out` itself, on a temporary file beside it (atomic writes) or on one of
+    its folders, e.g. `--out notes.txt/model.onnx` or a folder the user cannot create.
+    """
+    if not isinstance(error, OSError) or not error.filename:
+        return None
+    target = Path(out).resolve()
+    where = Path(os.fsdecode(error.filename)).resolve()
+    beside = where == target or where.parent == target.parent
+    if not (beside or where in target.parents):
+        return None
+    reason = error.strerror or first_line(error)
+    if not beside:  # name the folder that is the problem
+        reason += f": {error.filename}"
+    kind = UserError if error.errno in _PATH_MISTAKES else RunError
+    return kind(f"cannot write {out} ({reason}); {fix}")

@@ -74,9 +74,16 @@ def summary_cmd(args: argparse.Namespace) -> int:
 
 
 def import_torchvision_cmd(args: argparse.Namespace) -> int:
+    from ..errors import output_error
     from ..models import import_torchvision, read_metadata
 
-    out = import_torchvision(args.pth, args.out, transform_input=args.transform_input)
+    try:
+        out = import_torchvision(args.pth, args.out, transform_input=args.transform_input)
+    except OSError as e:  # an OUT that cannot be written
+        failed = output_error(e, args.out, "pick another OUT file")
+        if failed is None:
+            raise
+        raise failed from None
     meta = read_metadata(out)
     print(f"wrote {out} ({meta['model']}, {meta['options']['num_classes']} classes, "
           f"aux heads {'kept' if meta['options']['aux_logits'] else 'absent'})")
