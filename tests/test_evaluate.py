@@ -234,6 +234,24 @@ def test_eval_cli_json_and_text(weights_and_data, capsys):
     assert "10 crops" in text and "ensemble of 2" in text and "scaled" in text
 
 
+def test_eval_picks_the_backend_by_suffix_and_an_ensemble_may_mix_them(weights_and_data, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from googlenet.export import export_onnx
+
+    path, _, _ = weights_and_data
+    onnx_file = export_onnx(googlenet.load_weights(path), tmp_path / "tiny.onnx", dynamic_batch=True)
+    assert cli_main(["eval", str(onnx_file), "--limit-test", "6", "--json"]) == 0  # no --backend needed
+    via_onnx = json.loads(capsys.readouterr().out)
+    assert cli_main(["eval", str(path), "--limit-test", "6", "--json", "--device", "cpu"]) == 0
+    via_torch = json.loads(capsys.readouterr().out)
+    assert via_onnx["confusion"] == via_torch["confusion"]
+    assert cli_main(["eval", str(path), "--ensemble", str(onnx_file), "--limit-test", "6", "--json",
+                     "--device", "cpu"]) == 0
+    mixed = json.loads(capsys.readouterr().out)
+    assert mixed["models"] == [str(path), str(onnx_file)] and mixed["confusion"] == via_torch["confusion"]
+
+
 def test_eval_cli_class_count_mismatch_and_bad_weights_are_one_line_errors(weights_and_data, tmp_path, capsys):
     path, _, _ = weights_and_data
     assert cli_main(["eval", str(path), "--dataset", "cifar100", "--limit-test", "2"]) == 2

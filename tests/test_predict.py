@@ -2,6 +2,7 @@
 bad and hostile files (one error per file, the rest still classified), the predict CLI."""
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -22,7 +23,7 @@ import googlenet
 from googlenet import UserError
 from googlenet.cli import main as cli_main
 from googlenet.images import ImageReadError, read_image
-from googlenet.predict import (TorchClassifier, complete_meta, load_classifier, predict,
+from googlenet.predict import (TorchClassifier, complete_meta, load_classifier, pick_backend, predict,
                                predict_files, preprocess)
 
 SIZE, RESIZE = 8, 10
@@ -276,8 +277,12 @@ def test_predict_cli_bad_weights_and_flags(tiny, tmp_path, capsys):
     assert "model.pth" in err and len(err.splitlines()) == 1
     onnx_name = tmp_path / "model.onnx"
     onnx_name.write_bytes(b"garbage")
-    assert cli_main(["predict", str(onnx_name), str(image)]) == 2
+    assert cli_main(["predict", str(onnx_name), str(image), "--backend", "torch"]) == 2
     assert "--backend onnxruntime" in capsys.readouterr().err
+    if importlib.util.find_spec("onnxruntime"):  # the default backend picks onnxruntime for .onnx
+        assert cli_main(["predict", str(onnx_name), str(image)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "not a valid ONNX model" in err and len(err.splitlines()) == 1
     assert cli_main(["predict", str(weights), str(image), "--topk", "0"]) == 2
     assert "--topk" in capsys.readouterr().err
 
@@ -309,6 +314,36 @@ def test_onnxruntime_backend_matches_torch(tiny, tmp_path):
         assert a.indices == b.indices and a.probabilities == pytest.approx(b.probabilities, abs=1e-4)
     assert load_classifier(path, backend="onnxruntime").meta["resize"] == RESIZE
     assert cli_main(["predict", str(path), str(paths[0]), "--backend", "onnxruntime", "--json"]) == 0
+    assert cli_main(["predict", str(path), str(paths[0]), "--json"]) == 0  # .onnx: onnxruntime by default
+    assert load_classifier(path).meta["resize"] == RESIZE
+
+
+def test_pick_backend_by_suffix():
+    assert pick_backend("m.onnx") == "onnxruntime" and pick_backend("runs/x/M.ONNX") == "onnxruntime"
+    assert pick_backend("m.safetensors") == "torch" and pick_backend("m.onnx", "torch") == "torch"
+
+
+def test_our_other_files_given_as_weights_say_what_they_are(tiny, tmp_path, capsys):
+    model, weights = tiny
+    image = write_modes(tmp_path)["rgb.png"]
+    from googlenet.export import export_torchscript
+
+    script = export_torchscript(model, tmp_path / "tiny.torchscript.pt")
+    assert cli_main(["predict", str(script), str(image)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "TorchScript export" in err and ".safetensors" in err and len(err.splitlines()) == 1
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"model": {}, "config": {}}, run / "last.pt")
+    (run / "model.safetensors").write_bytes(weights.read_bytes())
+    assert cli_main(["predict", str(run / "last.pt"), str(image)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "training checkpoint" in err and str(run / "model.safetensors") in err
+
+
+def test_a_folder_given_as_an_image_suggests_its_files(tmp_path):
+    with pytest.raises(ImageReadError, match=r"is a directory.*pass the images in it"):
+        read_image(tmp_path, 3)
 
 
 def test_a_malicious_pickle_as_weights_runs_no_code(tmp_path, capsys, malicious_pickle):

@@ -340,7 +340,7 @@ def _image_folder_batches(root: str | os.PathLike, channels: int, limit: int | N
 
 def evaluate(weights: str | os.PathLike, dataset: str | None = None, data_dir: str | os.PathLike | None = None,
              limit: int | None = None, crops: int = 1, ensemble: Sequence[str | os.PathLike] = (),
-             batch_size: int = 256, device: str = "auto", bf16: bool = False, backend: str = "torch",
+             batch_size: int = 256, device: str = "auto", bf16: bool = False, backend: str = "auto",
              progress: bool = False) -> EvalResult:
     """Python API of `googlenet eval`: evaluate a weights file (or an ensemble) on a test set.
 

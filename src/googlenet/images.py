@@ -118,7 +118,8 @@ def _check_regular_file(path: Path) -> None:
     except OSError as e:
         raise ImageReadError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from None
     if stat.S_ISDIR(info.st_mode):
-        raise ImageReadError(f"{path}: is a directory, not an image file")
+        raise ImageReadError(f"{path}: is a directory, not an image file; pass the images in it "
+                             f"(e.g. {path / '*.jpg'})")
     if not stat.S_ISREG(info.st_mode):  # FIFOs and devices could block or never end
         raise ImageReadError(f"{path}: not a regular file")
     if info.st_size == 0:

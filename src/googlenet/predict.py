@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Iterator, Protocol, Sequence
 
 import torch
@@ -21,7 +23,7 @@ from torchvision.transforms.v2 import functional as TF
 from .errors import UserError
 from .images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime")  # auto: onnxruntime for .onnx files, else torch
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # The paper's single-crop geometry: shorter side 256, centre 224.
@@ -154,9 +156,34 @@ class TorchClassifier:
         return logits.float().cpu()
 
 
-def load_classifier(weights: str | os.PathLike, backend: str = "torch", device: str = "auto",
+def pick_backend(weights: str | os.PathLike, backend: str = "auto") -> str:
+    """The backend for a file: "auto" runs .onnx files with onnxruntime and the rest with torch."""
+    if backend == "auto":
+        return "onnxruntime" if str(weights).lower().endswith(".onnx") else "torch"
+    return backend
+
+
+def _not_weights_hint(weights: str | os.PathLike) -> str | None:
+    """What a file that is not a weights file is, when it is one of our other outputs."""
+    path = Path(weights)
+    try:
+        names = zipfile.ZipFile(path).namelist() if zipfile.is_zipfile(path) else []
+    except (OSError, zipfile.BadZipFile):
+        return None
+    if any(name.endswith("extra/googlenet_meta.json") for name in names):
+        return (f"{weights} is a TorchScript export (for C++/mobile deployment); predict and eval take "
+                "the .safetensors weights it came from, or an .onnx export")
+    if any(name.endswith("data.pkl") for name in names) and (path.parent / "model.safetensors").is_file():
+        return (f"{weights} is a training checkpoint; predict and eval take the run's weights: "
+                f"{path.parent / 'model.safetensors'}")
+    return None
+
+
+def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: str = "auto",
                     bf16: bool = False) -> Classifier:
-    """A classifier from a weights file (.safetensors for torch, .onnx for onnxruntime)."""
+    """A classifier from a weights file (.safetensors for torch, .onnx for onnxruntime;
+    backend "auto" picks by the file's suffix)."""
+    backend = pick_backend(weights, backend)
     if backend == "torch":
         from .device import resolve_device
         from .models.weights import WeightsError, load_weights
@@ -164,8 +191,11 @@ def load_classifier(weights: str | os.PathLike, backend: str = "torch", device: 
         try:
             model = load_weights(weights)
         except WeightsError as e:
-            if str(weights).endswith(".onnx"):
+            if str(weights).lower().endswith(".onnx"):
                 raise UserError(f"{weights} is an ONNX model; run it with --backend onnxruntime") from None
+            hint = _not_weights_hint(weights)
+            if hint:
+                raise UserError(hint) from None
             raise e
         return TorchClassifier(model, resolve_device(device), bf16=bf16)
     if backend == "onnxruntime":
@@ -249,7 +279,7 @@ def predict_files(classifier: Classifier, paths: Iterable[str | os.PathLike], to
 
 
 def predict(weights: str | os.PathLike, images: Sequence[str | os.PathLike], topk: int = 5,
-            backend: str = "torch", device: str = "auto") -> list[Prediction]:
+            backend: str = "auto", device: str = "auto") -> list[Prediction]:
     """Python API of `googlenet predict`: one Prediction per image path."""
     classifier = load_classifier(weights, backend=backend, device=device)
     return list(predict_files(classifier, images, topk=topk))
@@ -264,4 +294,4 @@ def format_prediction(prediction: Prediction) -> str:
 
 
 __all__ = ["BACKENDS", "Classifier", "Prediction", "TorchClassifier", "complete_meta", "format_prediction",
-           "load_classifier", "predict", "predict_files", "preprocess", "top_k"]
+           "load_classifier", "pick_backend", "predict", "predict_files", "preprocess", "top_k"]

@@ -12,10 +12,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Evaluate a weights file on its dataset's test split (the dataset recorded in the "
         "weights unless --dataset says otherwise). --crops 10/144 is the paper's multi-crop testing "
         "(softmax averaged over the views); --ensemble averages softmax over several models.",
-        epilog="examples: googlenet eval runs/demo/model.safetensors --limit-test 1000 · "
-        "googlenet eval a.safetensors --ensemble b.safetensors c.safetensors --crops 10 --json",
+        epilog="examples:\n"
+        "  googlenet eval runs/demo/model.safetensors --limit-test 1000\n"
+        "  googlenet eval runs/demo/model.safetensors --crops 144 --limit-test 100\n"
+        "  googlenet eval runs/demo/model.onnx                       # ONNX Runtime, chosen by the suffix\n"
+        "  googlenet eval a.safetensors --ensemble b.safetensors c.safetensors --crops 10 --json\n"
+        "  googlenet eval model.safetensors --dataset imagefolder --data DIR   # DIR/val/<class>/*.jpg",
     )
-    p.add_argument("weights", help="a .safetensors file written by `googlenet train` (or import-torchvision)")
+    p.add_argument("weights", help="a .safetensors file written by `googlenet train` (or import-torchvision), "
+                   "or an .onnx export")
     p.add_argument("--dataset", choices=DATASET_CHOICES, default=None,
                    help="test set (default: the dataset recorded in the weights)")
     p.add_argument("--data", metavar="DIR", default=None, help="dataset folder (imagefolder: DIR/val/<class>/...)")
@@ -27,8 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256, metavar="N", help="images (views) per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster on GPU; fp32 by default)")
-    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
-                   help="run .safetensors weights with torch or .onnx exports with onnxruntime")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
+                   help="torch runs .safetensors weights, onnxruntime .onnx exports (default auto: by each "
+                   "file's suffix, so an ensemble may mix them)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     p.set_defaults(func=eval_cmd)
 

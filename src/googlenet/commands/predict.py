@@ -10,14 +10,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Classify each IMAGE with the model in WEIGHTS, preprocessed as recorded in the "
         "weights (channels, resize, centre crop, mean/std). Files that cannot be read as images get "
         "a one-line error on stderr, the others are still classified, and the exit code is 1.",
-        epilog="examples: googlenet predict runs/demo/model.safetensors shoe.png shirt.jpg · "
-        "googlenet predict model.onnx *.png --backend onnxruntime --json",
+        epilog="examples:\n"
+        "  googlenet predict runs/demo/model.safetensors shoe.png shirt.jpg --topk 3\n"
+        "  googlenet predict runs/demo/model.onnx photos/*.jpg --json   # ONNX Runtime, chosen by the suffix",
     )
-    p.add_argument("weights", help=".safetensors weights (or an .onnx export with --backend onnxruntime)")
+    p.add_argument("weights", help=".safetensors weights written by googlenet, or an .onnx export")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, BMP, GIF, TIFF, WebP)")
     p.add_argument("--topk", type=int, default=5, metavar="K", help="labels per image (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per line per file, with its path")
-    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
+                   help="torch runs .safetensors weights, onnxruntime an .onnx export (default auto: by the "
+                   "file's suffix)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (torch backend; default auto)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass")
     p.set_defaults(func=predict_cmd)
