@@ -26,8 +26,21 @@ data:
 		echo "warning: could not install dataset-fashion-mnist; pass --data DIR to googlenet train"; \
 	fi
 
+DEMO = runs/demo
+
+# A second `make demo` does not fail on the existing run: a finished one is reported (delete it to
+# train again), a stopped one (Ctrl-C, kill) is continued from its last checkpoint.
 demo: setup data
-	$(VENV)/bin/googlenet train --budget 10m --batch-size 32 --lr 0.05 --out runs/demo
+	@if [ -f $(DEMO)/model.safetensors ]; then \
+		echo "$(DEMO) already holds a trained model: $(DEMO)/model.safetensors (plots and metrics.csv beside it)"; \
+		echo "evaluate it with: $(VENV)/bin/googlenet eval $(DEMO)/model.safetensors --limit-test 1000"; \
+		echo "train again with: rm -rf $(DEMO) && make demo"; \
+	elif [ -f $(DEMO)/last.pt ]; then \
+		echo "continuing the stopped run in $(DEMO)"; \
+		$(VENV)/bin/googlenet train --resume $(DEMO); \
+	else \
+		$(VENV)/bin/googlenet train --budget 10m --batch-size 32 --lr 0.05 --out $(DEMO); \
+	fi
 
 test: setup data
 	$(PY) -m pytest
