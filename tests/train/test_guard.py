@@ -25,7 +25,8 @@ def test_an_out_that_is_a_file_is_a_usage_error(tmp_path):
         failed = guard.write_error(_mkdir_error(run_dir), run_dir)
         assert type(failed) is UserError, failed
         message = str(failed)
-        assert f"cannot create the run folder {run_dir}" in message and "pick another --out" in message
+        assert f"cannot create the run folder {run_dir} ({a_file} is a file)" in message
+        assert "pick another --out" in message
         assert "--resume" not in message and "\n" not in message  # nothing was started: nothing to resume
 
 

@@ -148,9 +148,12 @@ def write_error(error: BaseException, run_dir: str | os.PathLike) -> UserError |
         path = Path(error.filename).resolve()
         if (path == run_dir or path in run_dir.parents) and not run_dir.is_dir():
             # The run folder itself could not be made: --out names a file, or a place that cannot hold one.
-            reason = error.strerror or first_line(error)
+            reason = f"{error.strerror or first_line(error)}: {error.filename}"
+            blocker = next((p for p in (given, *given.parents) if p.is_file()), None)
+            if blocker is not None:  # --out names a file, or a folder inside one
+                reason = f"{blocker} is a file"
             kind = UserError if error.errno in (errno.ENOENT, errno.EEXIST, errno.ENOTDIR, errno.EISDIR) else RunError
-            return kind(f"cannot create the run folder {given} ({reason}: {error.filename}); pick another --out")
+            return kind(f"cannot create the run folder {given} ({reason}); pick another --out")
         if path == run_dir or run_dir in path.parents:
             name = path.name
             if name.startswith(".") and name.endswith(".tmp"):  # atomic_write's .<name>.<random>.tmp
