@@ -78,3 +78,24 @@ def test_saved_files_have_the_usual_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_new_head_or_no_aux_heads_round_trip(tmp_path):
+    """reset_classifier / drop_aux change what a weights file must rebuild: it still loads."""
+    model = googlenet.create_model("googlenet_cifar", num_classes=10)
+    model.reset_classifier(5)
+    googlenet.save_weights(model, tmp_path / "five.safetensors")
+    assert googlenet.load_weights(tmp_path / "five.safetensors").fc.out_features == 5
+    model.drop_aux()
+    googlenet.save_weights(model, tmp_path / "no_aux.safetensors")
+    loaded = googlenet.load_weights(tmp_path / "no_aux.safetensors")
+    assert loaded.aux1 is None and loaded.num_classes == 5
+
+
+@pytest.mark.parametrize("content", [b"hello, not a checkpoint\n", b"PK\x03\x04 truncated zip"])
+def test_import_of_a_non_checkpoint_says_so_in_words(tmp_path, capsys, content):
+    path = tmp_path / "model.pth"
+    path.write_bytes(content)
+    assert main(["import-torchvision", str(path), str(tmp_path / "out.safetensors")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a" in err and "(101)" not in err, err

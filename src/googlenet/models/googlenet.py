@@ -239,6 +239,7 @@ class GoogLeNet(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """New, freshly initialised classifier (and aux heads) for `num_classes`."""
         self.num_classes = num_classes
+        self._record_option("num_classes", num_classes)
         device = self.fc.weight.device
         self.fc = nn.Linear(self.num_features, num_classes).to(device)
         nn.init.normal_(self.fc.weight, std=0.01)
@@ -252,6 +253,15 @@ class GoogLeNet(nn.Module):
         self.aux_logits = False
         self.aux1 = None
         self.aux2 = None
+        self._record_option("aux_logits", False)
+
+    def _record_option(self, key: str, value: object) -> None:
+        # create_model records the options a weights file needs to rebuild the model
+        # (`model_options`); a change of head must show there, or the saved file would
+        # rebuild the old head and fail to load its own weights.
+        options = getattr(self, "model_options", None)
+        if isinstance(options, dict):
+            options[key] = value
 
     def inception_modules(self) -> dict[str, Inception]:
         return {s.name: getattr(self, f"inception{s.name}") for s in spec.INCEPTION}

@@ -194,5 +194,4 @@ def imagenet_model(name: str, **options) -> nn.Module:
     model = _tv_state_to_model(state, entry.url, transform_input=options.pop("transform_input", True), **options)
     if not requested_aux:
         model.drop_aux()
-        model.model_options["aux_logits"] = False
     return model
