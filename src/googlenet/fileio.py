@@ -61,4 +61,10 @@ def load_error_reason(error: BaseException) -> str:
     if "Weights only load failed" in text:
         return ("it holds pickled Python objects, not just tensors and plain data; refused without running "
                 "them (a file from an untrusted source may carry code)")
+    if "PytorchStreamReader" in text or "zip archive" in text:
+        return "not a readable zip archive: truncated, corrupt or not a PyTorch file"
+    if isinstance(error, (KeyError, EOFError, UnicodeDecodeError)) or "load key" in text:
+        # The legacy (non-zip) loader's errors: a byte it took for a pickle opcode (KeyError '101'),
+        # or the file ended early. Neither text means anything to a user.
+        return "neither a zip-format PyTorch file nor a pickle: not a checkpoint, or a truncated one"
     return first_line(error, 200)
