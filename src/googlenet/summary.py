@@ -231,7 +231,8 @@ def render(table: dict, fmt: str = "table") -> str:
         return out.getvalue()
     title = (f"{table['model']} at {table['input_size']}x{table['input_size']}: "
              f"{total['params'] / 1e6:.2f} M params, {total['ops'] / 1e9:.2f} G multiply-adds "
-             "(auxiliary classifiers excluded, as in the paper's Table 1)")
+             "(auxiliary classifiers excluded, as in the paper's Table 1; in the params column "
+             "K = 1024 and M = 10^6 in the ops column, the paper's units)")
     if fmt == "markdown":
         lines = [f"**{title}**", "", "| " + " | ".join(columns) + " |", "|" + "---|" * width]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
