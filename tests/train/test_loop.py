@@ -112,3 +112,16 @@ def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert "did you mean 'lr'" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_progress_lines_without_a_terminal(fmnist_dir, tmp_path, capsys, monkeypatch):
+    """Under a log file (no TTY) tqdm is silent; plain progress lines take its place."""
+    from googlenet.train import loop
+
+    monkeypatch.setattr(loop, "PLAIN_PROGRESS_EVERY_S", 0.0)  # every step
+    config = resolve_config(flags={**TINY, "data": str(fmnist_dir), "epochs": 1})
+    train(config, out=tmp_path / "run")
+    lines = [line for line in capsys.readouterr().out.splitlines() if "img/s, " in line and " min" in line]
+    assert lines, "no progress line was printed"
+    done = [int(line.split(": ", 1)[1].split("/")[0]) for line in lines]
+    assert done == sorted(done) and done[0] > 0

@@ -35,6 +35,7 @@ from .setup import (LRSchedule, autocast_dtype, build_loaders, build_model, buil
 
 METRICS_FIELDS = ("epoch", "step", "images", "train_loss", "train_acc", "test_loss", "test_top1", "test_top5",
                   "test_images", "lr", "img_per_s", "epoch_s", "elapsed_s")
+PLAIN_PROGRESS_EVERY_S = 60.0  # progress lines when stdout is not a terminal
 CALIBRATION_STEPS = {"cpu": 6, "cuda": 30}  # steps timed to fit a budget (the first 2 are warm-up)
 
 
@@ -294,6 +295,10 @@ class Trainer:
         bar = tqdm(total=steps * self.train_loader.global_batch, desc=desc, unit="img", unit_scale=True,
                    leave=False, dynamic_ncols=True, disable=not (show and self.process.is_main) or None,
                    file=sys.stderr)
+        # Without a terminal (a log file, nohup, CI) tqdm stays silent: print a plain line
+        # now and then instead, so a long epoch does not look like a hang.
+        plain_progress = show and self.process.is_main and bar.disable
+        last_report, done_images = started, 0
         for x_step, y_step in self.train_loader.train_batches(self.step, steps, epoch):
             self.optimizer.zero_grad(set_to_none=True)
             # --on-nan skip: a NaN forward pass has already updated the batch-norm statistics
@@ -323,6 +328,12 @@ class Trainer:
             self.scheduler.step()
             self.step += 1
             bar.update(len(y_step) * self.process.world_size)
+            done_images += len(y_step) * self.process.world_size
+            now = time.perf_counter()
+            if plain_progress and now - last_report >= PLAIN_PROGRESS_EVERY_S:
+                last_report = now
+                self.say(f"  {desc}: {done_images}/{steps * self.train_loader.global_batch} images, "
+                         f"{done_images / (now - started):.0f} img/s, {(now - started) / 60:.1f} min")
             if self.stop_signals.received is not None:
                 break
         bar.close()
