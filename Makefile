@@ -39,7 +39,7 @@ demo: setup data
 		echo "continuing the stopped run in $(DEMO)"; \
 		$(VENV)/bin/googlenet train --resume $(DEMO); \
 	else \
-		$(VENV)/bin/googlenet train --budget 10m --batch-size 32 --lr 0.05 --out $(DEMO); \
+		$(VENV)/bin/googlenet train --model googlenet_cifar_fast --budget 10m --batch-size 32 --lr 0.05 --out $(DEMO); \
 	fi
 
 test: setup data
