@@ -27,7 +27,7 @@ def assert_exact(out: torch.Tensor, ref: torch.Tensor, rtol: float = EVAL_RTOL) 
     assert err <= rtol * scale, f"max |out - ref| = {err:.3g} > {rtol} x {scale:.3g}"
 
 
-SIZE = {"googlenet_cifar": 16}  # others run at 64 px to stay fast
+SIZE = {"googlenet_cifar": 16, "googlenet_cifar_fast": 16}  # others run at 64 px to stay fast
 
 
 def _realistic(model: nn.Module, size: int) -> nn.Module:
@@ -162,11 +162,14 @@ def test_train_mode_fusion_is_exact_in_eval(name):
 
 @pytest.mark.parametrize("name,backend", [
     ("googlenet_tv", "mkldnn"), ("googlenet_cifar", "mkldnn"), ("googlenet", "mkldnn"), ("googlenet_tv", "eager"),
+    ("googlenet_tv", "onnxruntime"), ("googlenet_cifar_fast", "onnxruntime"),
 ])
 def test_inference_model_matches_plain_eval(name, backend):
     plain, source, size = _pair(name, aux_logits=False)
     if backend == "mkldnn" and not torch.backends.mkldnn.is_available():
         pytest.skip("no oneDNN in this torch build")
+    if backend == "onnxruntime":
+        pytest.importorskip("onnxruntime")
     fast = optimize(source, "cpu", mode="inference", backend=backend, example_shape=(2, plain.in_chans, size, size))
     assert fast.resolved_backend == backend
     x = _input(plain, size)
@@ -175,10 +178,14 @@ def test_inference_model_matches_plain_eval(name, backend):
     out = fast(x)
     assert out.shape == ref.shape and out.dtype == torch.float32
     assert_exact(out, ref)
-    # Another batch size than the oneDNN layout was prepared for still gives the same answer.
-    x3 = _input(plain, size, batch=3)
-    with torch.no_grad():
-        assert_exact(fast(x3), plain(x3))
+    # Other batch sizes than the oneDNN layout was prepared for (or, for ONNX Runtime, than
+    # the exported graph: batch 1 has its own fixed-shape graph) give the same answer --
+    # checked against the plain model in float64, as two fp32 paths' rounding can add up.
+    plain64 = copy.deepcopy(plain).double()
+    for batch in (3, 1):
+        xb = _input(plain, size, batch=batch)
+        with torch.no_grad():
+            assert_exact(fast(xb), plain64(xb.double()).float())
 
 
 def test_inference_model_at_224_matches_torchvision_weights_layout():
@@ -190,9 +197,12 @@ def test_inference_model_at_224_matches_torchvision_weights_layout():
         assert_exact(fast(x), plain(x))
 
 
-def test_inference_model_state_dict_round_trip(tmp_path):
+@pytest.mark.parametrize("backend", ["auto", "onnxruntime"])
+def test_inference_model_state_dict_round_trip(tmp_path, backend):
+    if backend == "onnxruntime":
+        pytest.importorskip("onnxruntime")
     plain, source, size = _pair("googlenet_cifar")
-    fast = optimize(source, "cpu", mode="inference", example_shape=(2, 3, size, size))
+    fast = optimize(source, "cpu", mode="inference", example_shape=(2, 3, size, size), backend=backend)
     _assert_same_state(plain, fast)  # same keys, same values (aux heads included)
 
     # Loading other weights refolds: the outputs follow the new weights.
@@ -236,6 +246,10 @@ def test_optimize_rejects_bad_arguments():
         optimize(model, "cpu", mode="fast")
     with pytest.raises(ValueError, match="precision"):
         optimize(model, "cpu", precision="fp8")
+    with pytest.raises(ValueError, match="backend"):
+        optimize(model, "cpu", backend="tensorrt")
+    with pytest.raises(ValueError, match="onnxruntime"):
+        optimize(model, "cpu", precision="bf16", backend="onnxruntime")
     with pytest.raises(TypeError):
         optimize(nn.Linear(2, 2), "cpu")
 

@@ -280,25 +280,16 @@ def _graphed_fn(model: nn.Module, x: Tensor, precision: str) -> Callable[[], Ten
 
 
 def _onnxruntime_fn(model: nn.Module, x: Tensor) -> Callable[[], Tensor] | None:
-    """`model` exported exactly as `googlenet export --format onnx` does (verified against
-    PyTorch there), run by ONNX Runtime on the CPU; None without onnx/onnxruntime."""
+    """`model` through optimize(backend="onnxruntime"): its export as `googlenet export`
+    writes it (verified against PyTorch there), run by ONNX Runtime on the CPU; None
+    without onnx/onnxruntime."""
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError:
         return None
-    import tempfile
-
-    from .export import export_metadata, export_onnx, inference_network
-    from .onnx_backend import OnnxClassifier
-
-    size = int(x.shape[-1])
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "bench.onnx")
-        meta = export_metadata(inference_network(model), input_size=size, resize=size)
-        export_onnx(model, path, dynamic_batch=x.shape[0] > 1, meta=meta)
-        classifier = OnnxClassifier(path, threads=torch.get_num_threads())  # the session holds the graph
-    return lambda: classifier(x)
+    fast = optimize(model, "cpu", mode="inference", backend="onnxruntime", example_shape=tuple(x.shape))
+    return lambda: fast(x)
 
 
 def _describe_inference(model: nn.Module, precision: str) -> str:

@@ -1,6 +1,7 @@
 """`optimize(model, device, mode)`: the one entry point to the fast paths."""
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Mapping
 
 import torch
@@ -13,6 +14,7 @@ from .fused_inception import fuse_inception_modules
 
 MODES = ("inference", "train")
 PRECISIONS = ("fp32", "bf16")
+BACKENDS = ("auto", "mkldnn", "eager", "onnxruntime")
 
 
 class InferenceModel(nn.Module):
@@ -38,7 +40,7 @@ class InferenceModel(nn.Module):
         super().__init__()
         self.source = source.eval()
         self.precision = precision
-        self.channels_last = channels_last
+        self.channels_last = channels_last and backend != "onnxruntime"  # ORT takes NCHW
         self.backend = backend
         self.compile = compile
         self.compile_mode = compile_mode
@@ -77,6 +79,8 @@ class InferenceModel(nn.Module):
             engine.pack_for_mkldnn(self._example(device))
         self.resolved_backend = backend
         fn: Callable[[Tensor], Tensor] = engine
+        if backend == "onnxruntime":
+            fn = self._onnxruntime_session(device)
         if self.compile:
             fn = torch.compile(engine, mode=self.compile_mode)
         if self.cuda_graphs and device.type == "cuda":
@@ -84,6 +88,17 @@ class InferenceModel(nn.Module):
         # Plain attributes, not submodules: the state_dict stays the source's.
         object.__setattr__(self, "engine", engine)
         object.__setattr__(self, "_run", fn)
+
+    def _onnxruntime_session(self, device: torch.device) -> Callable[[Tensor], Tensor]:
+        """The source exported as `googlenet export --format onnx` writes it (checked and
+        verified against PyTorch there), in ONNX Runtime sessions on this process's CPU
+        threads: the fastest exact CPU path measured here (BENCHMARKS.md)."""
+        if device.type != "cpu" or self.precision != "fp32" or self.compile or self.cuda_graphs:
+            raise ValueError("backend='onnxruntime' runs fp32 on the CPU (no compile, no CUDA graphs)")
+        shape = self.example_shape or (1, self.source.in_chans, 224, 224)
+        runner = _OnnxRuntimeRunner(self.source, input_size=shape[-1])
+        runner.session_for(shape[0])  # export now, not on the first call
+        return runner
 
     def _example(self, device: torch.device) -> Tensor:
         shape = self.example_shape or (1, self.source.in_chans, 224, 224)
@@ -115,6 +130,37 @@ class InferenceModel(nn.Module):
         return result
 
 
+class _OnnxRuntimeRunner:
+    """Batches of one run in a graph exported for batch 1, other batches in one exported
+    with a symbolic batch: ONNX Runtime plans the fixed shape better (measured at 224 px on
+    the 2-core CPU: 15.3-16.5 ms vs 18.3-18.4 ms at batch 1). Each graph is exported on first
+    need (a few seconds)."""
+
+    def __init__(self, source: GoogLeNet, input_size: int) -> None:
+        self.source = source
+        self.input_size = input_size
+        self.sessions: dict[bool, Callable[[Tensor], Tensor]] = {}  # dynamic batch? -> session
+
+    def session_for(self, batch: int) -> Callable[[Tensor], Tensor]:
+        dynamic = batch != 1
+        if dynamic not in self.sessions:
+            import tempfile
+
+            from ..export import export_metadata, export_onnx, inference_network
+            from ..onnx_backend import OnnxClassifier
+
+            size = self.input_size
+            meta = export_metadata(inference_network(self.source), input_size=size, resize=size)
+            with tempfile.TemporaryDirectory() as folder:  # the session keeps the graph in memory
+                path = export_onnx(self.source, os.path.join(folder, "model.onnx"), dynamic_batch=dynamic,
+                                   meta=meta)
+                self.sessions[dynamic] = OnnxClassifier(path, threads=torch.get_num_threads())
+        return self.sessions[dynamic]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.session_for(x.shape[0])(x)
+
+
 def optimize(
     model: GoogLeNet,
     device: str | torch.device | None = None,
@@ -137,11 +183,17 @@ def optimize(
       the folded weights in bf16 (CUDA; on CPU bf16 is not exact). `example_shape` is the
       input shape the CPU oneDNN weights are laid out for (default 1 x C x 224 x 224);
       other shapes still work. `cuda_graphs` replays each input shape as one CUDA graph.
+    backend (inference): "auto" (oneDNN on x86 CPUs in fp32, else eager), "mkldnn", "eager",
+      or "onnxruntime": the model's ONNX export in an ONNX Runtime session (CPU, fp32, needs
+      the `onnx` extra; inputs of example_shape's height and width, any batch) -- the
+      fastest exact CPU path here, at the cost of an export (seconds) at every (re)build.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
     if not isinstance(model, GoogLeNet):
         raise TypeError("optimize() takes a GoogLeNet made by googlenet.create_model")
     if device is not None:
