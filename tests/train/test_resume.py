@@ -62,3 +62,17 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path, fake_fmnist)
         assert torch.equal(value, raw_got["model"][key]), key
     assert raw_expected["step"] == raw_got["step"] == 12
     assert (broken / "metrics.csv").read_text() .count("\n") == 3  # header + 2 epochs, no duplicate
+
+    # --resume of a finished run has nothing to do: it says so at once (no final test rerun).
+    before = (whole / "model.safetensors").stat().st_mtime_ns
+    again = subprocess.run([sys.executable, "-m", "googlenet", "train", "--resume", str(whole)], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "has finished" in again.stdout and "test accuracy" not in again.stdout
+    assert (whole / "model.safetensors").stat().st_mtime_ns == before
+    # A run killed after its last checkpoint but before its final files still finishes.
+    (broken / "errors.png").unlink()
+    rerun = subprocess.run([sys.executable, "-m", "googlenet", "train", "--resume", str(broken)], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and "test accuracy" in rerun.stdout, rerun.stderr
+    assert (broken / "errors.png").is_file()

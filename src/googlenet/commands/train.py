@@ -89,6 +89,12 @@ def run(args: argparse.Namespace) -> int:
     from ..train.recipes import config_from_dict
 
     config = None
+    if args.resume and env_world_size() <= 1:
+        weights = checkpoint.finished_weights(args.resume)
+        if weights is not None:  # nothing left to train; re-running the final test would cost minutes
+            print(f"{weights.parent} has finished: its model is {weights}; nothing to resume "
+                  f"(test it again with `googlenet eval {weights}`)")
+            return 0
     if not args.resume:
         flags = {k: getattr(args, k) for k in CONFIG_FLAGS}
         flags["tensorboard"] = args.tensorboard

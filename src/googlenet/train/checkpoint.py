@@ -69,3 +69,20 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
         raise UserError(f"{path}: not a googlenet training checkpoint")
     return payload
+
+
+def finished_weights(run: str | Path) -> Path | None:
+    """The run's model.safetensors when the run has finished (every planned epoch done, and the
+    final weights and errors.png -- the last file a run writes -- written after its last
+    checkpoint), else None: there is work to resume, if only the final test and plots."""
+    run = Path(run)
+    folder = run if run.is_dir() else run.parent
+    last = folder / LAST
+    finals = [folder / "model.safetensors", folder / "errors.png"]
+    if not last.is_file() or not all(f.is_file() and f.stat().st_mtime >= last.stat().st_mtime for f in finals):
+        return None
+    weights = finals[0]
+    payload = load_checkpoint(last)
+    plan = payload.get("plan") or {}
+    return weights if int(payload.get("epoch", 0)) >= int(plan.get("epochs", 1 << 30)) else None
+
