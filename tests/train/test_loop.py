@@ -125,3 +125,13 @@ def test_progress_lines_without_a_terminal(fmnist_dir, tmp_path, capsys, monkeyp
     assert lines, "no progress line was printed"
     done = [int(line.split(": ", 1)[1].split("/")[0]) for line in lines]
     assert done == sorted(done) and done[0] > 0
+
+
+def test_a_new_batch_size_without_lr_gets_a_rescaling_note(fmnist_dir, tmp_path, capsys):
+    common = ["train", "--data", str(fmnist_dir), "--limit-train", "32", "--limit-test", "16", "--epochs", "1",
+              "--input-size", "12", "--device", "cpu"]
+    assert main([*common, "--batch-size", "16", "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "keeps the fmnist recipe's lr 0.2, set for batch 128" in out and "--lr 0.025" in out
+    assert main([*common, "--batch-size", "16", "--lr", "0.025", "--out", str(tmp_path / "b")]) == 0
+    assert "rescaling" not in capsys.readouterr().out

@@ -80,6 +80,23 @@ def _launch(args: argparse.Namespace) -> int:
     return distributed.launch_local(args.nproc, _train_args(args))
 
 
+def _note_unscaled_lr(args: argparse.Namespace, config) -> None:
+    """A new --batch-size keeps the recipe's lr (set for the recipe's batch): say so once,
+    with the usual linear rescaling, since e.g. the fmnist peak 0.2 at batch 32 diverges."""
+    from ..train import resolve_config
+    from ..train.distributed import env_rank
+
+    lr_given = args.lr is not None or args.config is not None or any(
+        pair.split("=", 1)[0].strip() == "lr" for pair in args.set)
+    if args.batch_size is None or lr_given or env_rank() != 0:
+        return
+    recipe = resolve_config(config.recipe)
+    if recipe.batch_size != config.batch_size:
+        scaled = recipe.lr * config.batch_size / recipe.batch_size
+        print(f"note: --batch-size {config.batch_size} keeps the {config.recipe} recipe's lr {recipe.lr:g}, "
+              f"set for batch {recipe.batch_size}; for SGD the usual rescaling is --lr {scaled:.3g}")
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.nproc is not None and args.nproc != 1:
@@ -99,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         flags = {k: getattr(args, k) for k in CONFIG_FLAGS}
         flags["tensorboard"] = args.tensorboard
         config = resolve_config(args.recipe, args.config, flags, args.set)
+        _note_unscaled_lr(args, config)
     elif env_world_size() > 1:  # the process group needs the run's device and timeout
         config = config_from_dict(checkpoint.load_checkpoint(args.resume)["config"])
     with distributed_session(config) as process:

@@ -44,6 +44,10 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1")) if launched_by_torchrun() else 1
 
 
+def env_rank() -> int:
+    return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
+
+
 # ------------------------------------------------------------------ the process
 @dataclass
 class DistributedProcess(Process):
