@@ -240,6 +240,7 @@ def test_a_second_process_on_the_same_run_folder_is_refused(fmnist, tmp_path, ca
 
     run = tmp_path / "run"
     assert _train(fmnist, run, epochs=1) == 0
+    (run / "errors.png").unlink()  # unfinished again (a finished run is only reported, not locked)
     with RunLock(run):  # as if another `googlenet train --resume` were running there
         code = main(["train", "--resume", str(run / "last.pt")])
         line, _ = _one_line(capsys)
