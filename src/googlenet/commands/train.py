@@ -85,9 +85,9 @@ def _note_unscaled_lr(args: argparse.Namespace, config) -> None:
     with the usual linear rescaling, since e.g. the fmnist peak 0.2 at batch 32 diverges."""
     from ..train import resolve_config
     from ..train.distributed import env_rank
+    from ..train.recipes import parse_overrides
 
-    lr_given = args.lr is not None or args.config is not None or any(
-        pair.split("=", 1)[0].strip() == "lr" for pair in args.set)
+    lr_given = args.lr is not None or args.config is not None or "lr" in parse_overrides(args.set)
     if args.batch_size is None or lr_given or env_rank() != 0:
         return
     recipe = resolve_config(config.recipe)

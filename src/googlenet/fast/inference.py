@@ -66,21 +66,24 @@ class InferenceModel(nn.Module):
         return torch.bfloat16 if self.precision == "bf16" else torch.float32
 
     def rebuild(self) -> None:
-        """(Re)fold the source's current weights into the engine."""
+        """(Re)fold the source's current weights into the engine (or, for ONNX Runtime,
+        re-export them: that backend runs the export, and no folded engine is built)."""
         device = self.device
-        engine = FoldedGoogLeNet(self.source).to(device=device, dtype=self.dtype)
-        if self.channels_last:
-            engine = engine.to(memory_format=torch.channels_last)
         backend = self.backend
         if backend == "auto":  # oneDNN's fused conv+ReLU wins on x86 CPUs in fp32
             mkldnn_ok = device.type == "cpu" and self.dtype == torch.float32 and torch.backends.mkldnn.is_available()
             backend = "mkldnn" if mkldnn_ok and not self.compile else "eager"
+        self.resolved_backend = backend
+        if backend == "onnxruntime":
+            object.__setattr__(self, "engine", None)
+            object.__setattr__(self, "_run", self._onnxruntime_session(device))
+            return
+        engine = FoldedGoogLeNet(self.source).to(device=device, dtype=self.dtype)
+        if self.channels_last:
+            engine = engine.to(memory_format=torch.channels_last)
         if backend == "mkldnn":
             engine.pack_for_mkldnn(self._example(device))
-        self.resolved_backend = backend
         fn: Callable[[Tensor], Tensor] = engine
-        if backend == "onnxruntime":
-            fn = self._onnxruntime_session(device)
         if self.compile:
             fn = torch.compile(engine, mode=self.compile_mode)
         if self.cuda_graphs and device.type == "cuda":

@@ -78,11 +78,12 @@ def finished_weights(run: str | Path) -> Path | None:
     run = Path(run)
     folder = run if run.is_dir() else run.parent
     last = folder / LAST
-    finals = [folder / "model.safetensors", folder / "errors.png"]
-    if not last.is_file() or not all(f.is_file() and f.stat().st_mtime >= last.stat().st_mtime for f in finals):
+    weights = folder / "model.safetensors"
+    if not last.is_file():
         return None
-    weights = finals[0]
+    saved = last.stat().st_mtime
+    if not all(f.is_file() and f.stat().st_mtime >= saved for f in (weights, folder / "errors.png")):
+        return None
     payload = load_checkpoint(last)
     plan = payload.get("plan") or {}
     return weights if int(payload.get("epoch", 0)) >= int(plan.get("epochs", 1 << 30)) else None
-
