@@ -233,3 +233,19 @@ def test_nproc_flag_mistakes_end_before_launching(tmp_path):
                _env(tmp_path), timeout=60)
     assert bad.returncode == 2 and "accum_steps must be positive" in bad.stderr
     assert "torch.distributed" not in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_a_stop_request_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, data):
+    """SIGTERM reaches rank 1 only, during step 6 of 12; each step's flags are read a step late
+    (the host never waits for the GPU), yet both ranks must agree on one step, save one
+    checkpoint there, and end; --resume then finishes the run."""
+    run_dir = tmp_path / "ddp"
+    stopped = _run(_command(data, 8, 3, "--nproc", "2", "--out", str(run_dir)),
+                   _env(tmp_path, **{FAIL_HOOK_ENV: "1:5:sigterm"}), timeout=120)
+    assert stopped.returncode != 0
+    assert "stopped by SIGTERM at step 7" in stopped.stdout + stopped.stderr, stopped.stderr[-3000:]
+    state = _checkpoint(run_dir)
+    assert (state["epoch"], state["step"]) == (1, 7)
+    resumed = _run([sys.executable, "-m", "googlenet", "train", "--resume", str(run_dir)], _env(tmp_path))
+    assert resumed.returncode == 0, resumed.stderr
+    assert _checkpoint(run_dir)["step"] == 12 and (run_dir / "model.safetensors").is_file()

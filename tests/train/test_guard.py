@@ -5,6 +5,7 @@ import errno
 import os
 
 import pytest
+import torch
 
 from googlenet.errors import RunError, UserError
 from googlenet.train import guard
@@ -64,3 +65,20 @@ def test_a_requested_stop_is_not_labelled_an_error(signal_name, capsys, monkeypa
     err = capsys.readouterr().err.strip()
     assert code == 128 + getattr(signal, signal_name)
     assert err == f"googlenet train: stopped by {signal_name} at step 3; continue with: googlenet train --resume r"
+
+
+def test_late_read_hands_back_a_copy_of_what_was_put_with_its_tag_once():
+    late = guard.LateRead()
+    assert late.take() is None
+    flags = torch.tensor([2.5, 0.0])
+    late.put(flags, (7, 1))
+    flags.fill_(float("nan"))  # the step's tensor may be reused; the read keeps what was put
+    assert late.take() == ([2.5, 0.0], (7, 1))
+    assert late.take() is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_late_read_of_a_gpu_tensor_waits_only_for_its_copy():
+    late = guard.LateRead()
+    late.put(torch.tensor([1.0, 3.0], device="cuda"), "step")
+    assert late.take() == ([1.0, 3.0], "step")

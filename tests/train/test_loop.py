@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import time
 
 import pytest
 import torch
@@ -135,3 +136,66 @@ def test_a_new_batch_size_without_lr_gets_a_rescaling_note(fmnist_dir, tmp_path,
     assert "keeps the fmnist recipe's lr 0.2, set for batch 128" in out and "--lr 0.025" in out
     assert main([*common, "--batch-size", "16", "--lr", "0.025", "--out", str(tmp_path / "b")]) == 0
     assert "rescaling" not in capsys.readouterr().out
+
+
+def test_step_flags_are_read_a_step_late_and_all_before_the_epoch_ends(fmnist_dir, tmp_path, monkeypatch):
+    """--on-nan stop (the default) reads step k's loss/stop flags only after step k+1's forward
+    pass is queued, so on a GPU the host never waits for the step it has just queued; the
+    last step's flags are still read before the epoch's evaluation and checkpoint."""
+    from googlenet.train import guard, loop
+
+    events = []
+    real_take, real_save = guard.LateRead.take, loop.Trainer._save_checkpoints
+
+    def take(self):
+        read = real_take(self)
+        if read is not None:
+            events.append(("read", read[1][0]))
+        return read
+
+    def save(self, best):
+        events.append(("save", self.step))
+        return real_save(self, best)
+
+    monkeypatch.setattr(guard.LateRead, "take", take)
+    monkeypatch.setattr(loop.Trainer, "_save_checkpoints", save)
+    real_init = loop.Trainer.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self.model.register_forward_pre_hook(
+            lambda module, inputs: events.append(("forward", None)) if module.training else None)
+
+    monkeypatch.setattr(loop.Trainer, "__init__", init)
+    train(resolve_config(flags={**TINY, "data": str(fmnist_dir), "epochs": 2}), out=tmp_path / "run")
+    # 3 steps per epoch: forward 0, forward 1, read 0, forward 2, read 1, read 2, save, ...
+    expected = []
+    for epoch in range(2):
+        first = 3 * epoch
+        expected += [("forward", None), ("forward", None), ("read", first), ("forward", None), ("read", first + 1),
+                     ("read", first + 2), ("save", first + 3)]
+    assert events == expected
+
+
+def test_budget_calibration_times_blocks_of_steps_and_reports_seconds_per_step(monkeypatch):
+    """On a GPU the budget's step time is measured over blocks of steps (the host queues one
+    while the GPU runs another, as in training); the result is still seconds per step."""
+    from types import SimpleNamespace
+
+    from googlenet.train import loop
+
+    taken = []
+
+    def fake_steps(epoch, steps, desc, show=True):
+        taken.append(steps)
+        for _ in range(steps):
+            time.sleep(0.02)
+
+    monkeypatch.setitem(loop.CALIBRATION_BLOCK, "cpu", 3)
+    trainer = SimpleNamespace(device=torch.device("cpu"), process=Process(), _train_steps=fake_steps,
+                              say=lambda message: None)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # one setting: no thread trial
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # and the session's count untouched
+    step_s = loop.Trainer._calibrate(trainer, 12, budget=60.0)
+    assert taken == [3, 3, 3, 3]
+    assert 0.02 <= step_s < 0.035

@@ -30,8 +30,10 @@ from ..errors import RunError, UserError
 from .loop import Process
 from .recipes import TrainConfig
 
-# Test hook: "RANK:STEP" makes that rank exit abruptly (os._exit(1)) at that training step,
-# to check that the whole job then ends non-zero in bounded time.
+# Test hook: "RANK:STEP" makes that rank exit abruptly (os._exit(1)) after that many training
+# steps, to check that the whole job then ends non-zero in bounded time; "RANK:STEP:sigterm"
+# makes it send itself SIGTERM instead (the other ranks are not signalled), to check that
+# every rank still stops at the same step with a checkpoint.
 FAIL_HOOK_ENV = "GOOGLENET_TEST_FAIL_AT"
 
 
@@ -172,15 +174,17 @@ def _install_fail_hook(model: nn.Module, rank: int) -> None:
     spec = os.environ.get(FAIL_HOOK_ENV)
     if not spec:
         return
-    fail_rank, fail_step = (int(part) for part in spec.split(":"))
-    if fail_rank != rank:
+    fail_rank, fail_step, *how = spec.split(":")
+    if int(fail_rank) != rank:
         return
     calls = {"train": 0}
 
     def hook(module: nn.Module, inputs: Any) -> None:
         if module.training:
             calls["train"] += 1
-            if calls["train"] > fail_step:
+            if calls["train"] == int(fail_step) + 1 and how == ["sigterm"]:
+                os.kill(os.getpid(), signal.SIGTERM)
+            elif calls["train"] > int(fail_step) and how != ["sigterm"]:
                 print(f"rank {rank}: {FAIL_HOOK_ENV}={spec}: exiting abruptly (test hook)", file=sys.stderr,
                       flush=True)
                 os._exit(1)

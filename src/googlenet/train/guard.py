@@ -3,8 +3,10 @@ failed saves and the leftovers of a killed one.
 
 - `StopSignals`: the first SIGINT/SIGTERM asks the loop to stop after the current step and
   save a checkpoint; a second one stops at once (KeyboardInterrupt).
-- `NonFiniteGuard`: the --on-nan policy. "stop" ends the run before a NaN/Inf loss can touch
-  the weights or a checkpoint; "skip" drops that step's update and counts it.
+- `NonFiniteGuard`: the --on-nan policy. "stop" ends the run before a NaN/Inf loss can reach
+  a checkpoint; "skip" drops that step's update and counts it.
+- `LateRead`: a step's flags (summed loss, stop votes) read on the host one step late, so
+  the host does not wait for the GPU every step.
 - `save_failed`: a failed write (disk full, read-only or immutable folder) as one line
   naming the folder, the free space and how to continue.
 """
@@ -18,6 +20,7 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import torch
 from torch import nn
@@ -95,7 +98,7 @@ class NonFiniteGuard:
                 else "no checkpoint was written yet")
         where = f"step {step + 1} (epoch {epoch + 1})"
         if self.policy == "stop":
-            raise RunError(f"the loss became {loss} at {where}; stopped before it reached the weights, {kept}. "
+            raise RunError(f"the loss became {loss} at {where}; stopped before it reached a checkpoint, {kept}. "
                            f"Lower the learning rate (--lr, now {self.lr:g}) and start again, or resume and skip "
                            "such steps with --on-nan skip")
         self.skipped += 1
@@ -104,6 +107,40 @@ class NonFiniteGuard:
             raise RunError(f"the loss was NaN/Inf for {self.in_a_row} steps in a row (up to {where}); the "
                            f"weights are broken, {kept}. Lower the learning rate (--lr, now {self.lr:g})")
         return False
+
+
+class LateRead:
+    """Hands back a small device tensor on the host one step after it was put.
+
+    Reading a step's flags at once (`.tolist()`) makes the host wait, every step, for the GPU
+    to finish the step it has just queued; the GPU then idles while Python queues the next
+    one, and for a network of GoogLeNet's many small kernels that idle time is a large share
+    of the step. Read one step late, the host stays a step ahead. On a CPU the copy is
+    immediate and only the order changes.
+    """
+
+    def __init__(self) -> None:
+        self._pending: tuple[torch.Tensor, Any, Any] | None = None
+
+    def put(self, values: torch.Tensor, tag: Any) -> None:
+        """Start copying `values` to the host; `tag` comes back with them from `take`."""
+        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=values.is_cuda)
+        host.copy_(values, non_blocking=True)
+        done = None
+        if values.is_cuda:
+            done = torch.cuda.Event()
+            done.record()
+        self._pending = (host, done, tag)
+
+    def take(self) -> tuple[list, Any] | None:
+        """The values last put (as a list) and their tag, waiting for that copy only; None if none."""
+        if self._pending is None:
+            return None
+        host, done, tag = self._pending
+        self._pending = None
+        if done is not None:
+            done.synchronize()
+        return host.tolist(), tag
 
 
 def buffers_snapshot(model: nn.Module) -> list[torch.Tensor]:

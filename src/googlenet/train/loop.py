@@ -37,7 +37,10 @@ from .setup import (LRSchedule, autocast_dtype, build_loaders, build_model, buil
 METRICS_FIELDS = ("epoch", "step", "images", "train_loss", "train_acc", "test_loss", "test_top1", "test_top5",
                   "test_images", "lr", "img_per_s", "epoch_s", "elapsed_s")
 PLAIN_PROGRESS_EVERY_S = 60.0  # progress lines when stdout is not a terminal
-CALIBRATION_STEPS = {"cpu": 6, "cuda": 30}  # steps timed to fit a budget (the first 2 are warm-up)
+CALIBRATION_STEPS = {"cpu": 6, "cuda": 30}  # steps timed to fit a budget (the first call per setting is warm-up)
+# Steps per timed call. A GPU is timed over blocks: within one the host queues a step while the
+# GPU runs the one before, as in training (a step timed alone has the two back to back).
+CALIBRATION_BLOCK = {"cpu": 1, "cuda": 4}
 
 
 @dataclass
@@ -181,6 +184,8 @@ class Trainer:
         self.tensorboard = None
         self.nan_guard = guard.NonFiniteGuard(config.on_nan, config.lr)
         self.stop_signals = guard.StopSignals()  # SIGINT/SIGTERM: checkpoint, then stop
+        self.stop_agreed = False  # every process has seen a stop request (the same step on all)
+        self.late_flags = guard.LateRead()  # each step's (loss, stop votes), read a step late
         if payload is not None:
             self._restore(payload)
 
@@ -236,9 +241,9 @@ class Trainer:
         epoch = self.epoch
         end = plan.epoch_ends[epoch]
         self._train_steps(epoch, end - self.step, desc=f"epoch {epoch + 1}/{plan.epochs}")
-        if self.stop_signals.received is not None and self.step < end:  # asked to stop mid-epoch
+        if self._stopping() and self.step < end:  # asked to stop mid-epoch
             self._save_checkpoints(best=False)
-            raise self.stop_signals.stopped(self.step, self.run_dir)
+            self._stop_after_save()
         sums = self._epoch_sums
         images = int(sums["images"])
         train_loss = float(sums["loss"]) / max(1, images)
@@ -270,8 +275,8 @@ class Trainer:
         if self.nan_guard.skipped:
             self.say(f"note: {self.nan_guard.skipped} step(s) skipped so far: NaN/Inf loss (--on-nan skip)")
         self._save_checkpoints(best=improved)
-        if self.stop_signals.received is not None and self.epoch < plan.epochs:
-            raise self.stop_signals.stopped(self.step, self.run_dir)
+        if self._agree_to_stop() and self.epoch < plan.epochs:
+            self._stop_after_save()
         return result if result is not None and result.predictions is not None else None
 
     @staticmethod
@@ -300,6 +305,9 @@ class Trainer:
         # now and then instead, so a long epoch does not look like a hang.
         plain_progress = show and self.process.is_main and bar.disable
         last_report, done_images = started, 0
+        # --on-nan stop reads each step's flags a step late (the host never waits for the GPU);
+        # skip must know before the update, so it waits every step.
+        read_late = self.nan_guard.policy == "stop"
         for x_step, y_step in self.train_loader.train_batches(self.step, steps, epoch):
             self.optimizer.zero_grad(set_to_none=True)
             # --on-nan skip: a NaN forward pass has already updated the batch-norm statistics
@@ -319,7 +327,14 @@ class Trainer:
                 logits = outputs.logits if isinstance(outputs, GoogLeNetOutputs) else outputs
                 step_loss += loss.detach().float() * len(y)
                 step_correct += (logits.detach().argmax(1) == y).sum()
-            if self._update_allowed(step_loss, epoch, buffers):
+            flags = self._step_flags(step_loss)
+            if read_late:
+                self._apply_flags(self.late_flags.take())  # the previous step's: raises on NaN/Inf
+                self.late_flags.put(flags, (self.step, epoch))
+                allowed = True
+            else:
+                allowed = self._apply_flags((flags.tolist(), (self.step, epoch)), buffers)
+            if allowed:
                 self.optimizer.step()
                 if self.ema is not None:
                     self.ema.update(self.model)
@@ -335,33 +350,65 @@ class Trainer:
                 last_report = now
                 self.say(f"  {desc}: {done_images}/{steps * self.train_loader.global_batch} images, "
                          f"{done_images / (now - started):.0f} img/s, {(now - started) / 60:.1f} min")
-            if self.stop_signals.received is not None:
+            if self._stopping():
                 break
         bar.close()
+        if read_late:
+            self._apply_flags(self.late_flags.take())  # the last step's, before anything is saved
         sums = self._epoch_sums
         sums["loss"] += float(self.process.all_reduce_sum(loss_sum)) / self.process.world_size
         sums["correct"] += int(self.process.all_reduce_sum(correct)) // self.process.world_size
         sums["images"] += seen
         sums["seconds"] += time.perf_counter() - started
 
-    def _update_allowed(self, step_loss: Tensor, epoch: int, buffers: list[Tensor] | None) -> bool:
-        """The --on-nan policy for this step, agreed by every process (one small all-reduce and
-        sync per step); a stop request on any process stops them all at the same step."""
-        # new_full fills on the device; torch.tensor(..., device="cuda") would be a second,
-        # synchronising host-to-device copy per step on top of the one .tolist() below.
+    def _step_flags(self, step_loss: Tensor) -> Tensor:
+        """(summed loss, stop votes) of this step over every process: one small all-reduce, no sync."""
+        # new_full fills on the device; torch.tensor(..., device="cuda") would be a
+        # synchronising host-to-device copy per step.
         stop_flag = step_loss.new_full((), float(self.stop_signals.received is not None), dtype=torch.float32)
-        flags = torch.stack([step_loss.float(), stop_flag])
-        loss_value, stop_votes = self.process.all_reduce_sum(flags).tolist()
-        if stop_votes and self.stop_signals.received is None:
-            import signal
+        return self.process.all_reduce_sum(torch.stack([step_loss.float(), stop_flag]))
 
-            self.stop_signals.received = signal.SIGTERM  # another process was asked to stop
-        if self.nan_guard.allows_update(loss_value, self.step, epoch, self.run_dir / ckpt.LAST):
+    def _apply_flags(self, read: tuple[list, tuple[int, int]] | None, buffers: list[Tensor] | None = None) -> bool:
+        """The --on-nan policy for the step the flags came from, and any stop vote; every process
+        reads the same all-reduced flags at the same step, so they all stop together.
+        True: that step's update may be (or stay) applied."""
+        if read is None:
+            return True
+        (loss_value, stop_votes), (step, epoch) = read
+        if stop_votes:
+            self._stop_voted()
+        if self.nan_guard.allows_update(loss_value, step, epoch, self.run_dir / ckpt.LAST):
             return True
         if buffers is not None:
             guard.restore_buffers(self.model, buffers)
         self.optimizer.zero_grad(set_to_none=True)
         return False
+
+    def _stopping(self) -> bool:
+        """Stop at this step? With several processes only once all of them know (the flags read
+        late), so they stop at the same step; a process alone stops at its own request."""
+        return self.stop_agreed or (self.process.world_size == 1 and self.stop_signals.received is not None)
+
+    def _agree_to_stop(self) -> bool:
+        """At an epoch's end: has any process been asked to stop? (All of them answer alike.)"""
+        if not self._stopping() and self.process.world_size > 1:
+            asked = torch.tensor(float(self.stop_signals.received is not None), device=self.device)
+            if float(self.process.all_reduce_sum(asked)) > 0:
+                self._stop_voted()
+        return self._stopping()
+
+    def _stop_after_save(self) -> None:
+        # No process may exit before rank 0's checkpoint is on disk: torchrun ends the
+        # others as soon as one exits, which could cut that write short.
+        self.process.barrier()
+        raise self.stop_signals.stopped(self.step, self.run_dir)
+
+    def _stop_voted(self) -> None:
+        self.stop_agreed = True
+        if self.stop_signals.received is None:
+            import signal
+
+            self.stop_signals.received = signal.SIGTERM  # another process was asked to stop
 
     # ---------------------------------------------------------------- budget
     def _plan_budget(self) -> Plan:
@@ -402,15 +449,17 @@ class Trainer:
         return plan
 
     def _calibrate(self, steps: int, budget: float) -> float:
-        """Seconds per step from up to `steps` real training steps (the first per setting is warm-up).
+        """Seconds per step from up to `steps` real training steps (the first call per setting is warm-up).
 
         On a CPU half of them run on one thread and the faster thread count is kept: on a
         machine shared with other work, one thread can be several times faster than two.
         """
         threads = torch.get_num_threads()
         try_one = self.device.type == "cpu" and threads > 1 and self.process.world_size == 1
-        # Warm-up step, timed step, for each setting in turn; then alternate.
-        settings = ([threads, threads, 1, 1] + [threads, 1] * steps)[:steps] if try_one else [threads] * steps
+        per_call = CALIBRATION_BLOCK.get(self.device.type, 4)
+        calls = max(2, steps // per_call)
+        # Warm-up call, timed call, for each setting in turn; then alternate.
+        settings = ([threads, threads, 1, 1] + [threads, 1] * calls)[:calls] if try_one else [threads] * calls
         timings: dict[int, list[float]] = {}
         warm: set[int] = set()
         last = 0.0
@@ -418,10 +467,10 @@ class Trainer:
         for n in settings:
             torch.set_num_threads(n)
             t = time.perf_counter()
-            self._train_steps(0, 1, desc="calibrating", show=False)
+            self._train_steps(0, per_call, desc="calibrating", show=False)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
-            last = time.perf_counter() - t
+            last = (time.perf_counter() - t) / per_call
             if n in warm:
                 timings.setdefault(n, []).append(last)
             warm.add(n)
