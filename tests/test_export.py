@@ -321,3 +321,17 @@ def test_int8_calibration_from_an_image_folder(tmp_path):
     assert len({round(float(v), 4) for v in batch.mean(axis=(1, 2, 3))}) > 1  # drawn from both classes
     with pytest.raises(UserError, match="--data"):
         calibration_batches(meta, "imagefolder", 4, None)
+
+
+def test_format_defaults_to_the_out_suffix_else_onnx(tmp_path, weights_file, capsys):
+    code, stdout, err = run_cli(capsys, "export", str(weights_file), "--out", str(tmp_path / "deploy.pt"))
+    assert code == 0, err
+    assert "TorchScript" in stdout and isinstance(torch.jit.load(str(tmp_path / "deploy.pt")), torch.jit.ScriptModule)
+    code, stdout, err = run_cli(capsys, "export", str(weights_file), "--out", str(tmp_path / "deploy.onnx"))
+    assert code == 0, err
+    assert "wrote ONNX" in stdout and (tmp_path / "deploy.onnx").read_bytes()[:2] != b"PK"  # a protobuf, not a zip
+    weights = tmp_path / "plain.safetensors"
+    weights.write_bytes(weights_file.read_bytes())
+    code, stdout, err = run_cli(capsys, "export", str(weights))
+    assert code == 0, err
+    assert "wrote ONNX" in stdout and (tmp_path / "plain.onnx").is_file()

@@ -1,4 +1,4 @@
-"""`googlenet export WEIGHTS --format onnx|torchscript [--int8] [--dynamic-batch] [--opset N] [--out FILE]`."""
+"""`googlenet export WEIGHTS [--format onnx|torchscript] [--int8] [--dynamic-batch] [--opset N] [--out FILE]`."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,7 @@ import sys
 # Kept here (not imported from googlenet.export) so `googlenet --help` does not import torch.
 DEFAULT_OPSET = 17
 FORMATS = ("onnx", "torchscript")
+TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts")
 
 
 def register(subparsers) -> None:
@@ -17,13 +18,16 @@ def register(subparsers) -> None:
         "preprocessing and class names embedded. ONNX files are checked with onnx.checker and run "
         "once with onnxruntime against PyTorch before they are kept.",
         epilog="examples:\n"
+        "  googlenet export runs/demo/model.safetensors  # -> runs/demo/model.onnx (batch 1)\n"
         "  googlenet export runs/demo/model.safetensors --format onnx --dynamic-batch  # -> runs/demo/model.onnx\n"
         "  googlenet export runs/demo/model.safetensors --format onnx --int8  # -> runs/demo/model.int8.onnx\n"
         "  googlenet export runs/demo/model.safetensors --format torchscript  # -> runs/demo/model.torchscript.pt\n"
+        "  googlenet export runs/demo/model.safetensors --out deploy/shoes.pt  # TorchScript, from the suffix\n"
         "  googlenet predict runs/demo/model.onnx shoe.png  # run the ONNX export",
     )
     p.add_argument("weights", metavar="WEIGHTS", help="a .safetensors weights file written by googlenet")
-    p.add_argument("--format", required=True, metavar="onnx|torchscript", help="the file format to write")
+    p.add_argument("--format", metavar="onnx|torchscript", help="the file format to write (default: from "
+                   "--out's suffix, .onnx or .pt/.pth/.ts; else onnx)")
     p.add_argument("--out", metavar="FILE", help="output file (default: next to WEIGHTS, "
                    "NAME.onnx, NAME.int8.onnx or NAME.torchscript.pt)")
     p.add_argument("--int8", action="store_true", help="ONNX only: static int8 quantization for CPU, "
@@ -42,6 +46,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
 
+    if args.format is None:
+        args.format = format_from_suffix(args.out)
     if args.format not in FORMATS:
         raise UserError(f"unknown format {args.format!r}; choose from {', '.join(FORMATS)}")
     if args.format != "onnx" and (args.dynamic_batch or args.opset != DEFAULT_OPSET):
@@ -54,3 +60,10 @@ def run(args: argparse.Namespace) -> int:
     kind = "int8 ONNX" if args.int8 else ("ONNX" if args.format == "onnx" else "TorchScript")
     print(f"wrote {kind} {path} ({path.stat().st_size / 1e6:.1f} MB)", file=sys.stdout)
     return 0
+
+
+def format_from_suffix(out: str | None) -> str:
+    """--format left out: TorchScript for an --out ending .pt/.pth/.ts, otherwise ONNX."""
+    from pathlib import Path
+
+    return "torchscript" if out and Path(out).suffix.lower() in TORCHSCRIPT_SUFFIXES else "onnx"
