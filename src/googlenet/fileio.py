@@ -40,15 +40,43 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         except FileNotFoundError:
             pass
         raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_folder(path.parent)  # make the rename itself durable
+    return path
+
+
+def atomic_link(source: str | os.PathLike, path: str | os.PathLike) -> bool:
+    """Make `path` a second name (hard link) for `source`'s bytes, replacing `path` atomically.
+
+    No bytes are written, so it costs nothing however large the file. `source` can later be
+    replaced by `atomic_write` (a rename) without touching `path`. False, with `path` as it
+    was, where the file system has no hard links (the caller then writes a copy).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        os.unlink(tmp)  # mkstemp only reserved the name: the link takes it
+        os.link(source, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        return False
+    _fsync_folder(path.parent)
+    return True
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:  # make a rename durable
+        dir_fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
     except OSError:
         pass
-    return path
 
 
 def load_error_reason(error: BaseException) -> str:

@@ -2,10 +2,10 @@
 
 RELIABILITY_KILL_AT="EVENT:N" kills the process the N-th time EVENT happens in it:
   step                 inside a training step (after the forward pass, before the update)
-  torn-NAME            while writing NAME (last.pt, best.pt, metrics.csv): the temporary file
-                       holds half its bytes when the process dies
+  torn-NAME            while writing NAME (last.pt, metrics.csv): the temporary file holds
+                       half its bytes when the process dies
   unrenamed-NAME       NAME fully written to its temporary file, not yet renamed into place
-  saved-NAME           right after NAME was saved
+  saved-NAME           right after NAME was saved (best.pt: hard-linked to last.pt)
 RELIABILITY_LOG=FILE gets one line "NAME EPOCH STEP" per checkpoint saved in full.
 Nothing here changes what gets written; it only chooses when the process dies.
 """
@@ -59,6 +59,19 @@ def save_checkpoint(path, payload):
     return Path(path)
 
 
+real_save_best = checkpoint.save_best
+
+
+def save_best(run_dir, payload):
+    path = real_save_best(run_dir, payload)
+    if LOG:
+        with open(LOG, "a") as f:
+            f.write(f"{path.name} {payload['epoch']} {payload['step']}\n")
+    if due(f"saved-{path.name}"):
+        die()
+    return path
+
+
 def atomic_write(path, write):
     return fileio.atomic_write(path, staged(Path(path).name, write))
 
@@ -74,6 +87,7 @@ def googlenet_loss(*args, **kwargs):
 
 
 checkpoint.save_checkpoint = save_checkpoint
+checkpoint.save_best = save_best
 loop.atomic_write = atomic_write
 loop.googlenet_loss = googlenet_loss
 

@@ -82,3 +82,26 @@ def test_late_read_of_a_gpu_tensor_waits_only_for_its_copy():
     late = guard.LateRead()
     late.put(torch.tensor([1.0, 3.0], device="cuda"), "step")
     assert late.take() == ([1.0, 3.0], "step")
+
+
+def test_best_checkpoint_is_a_link_that_later_saves_of_last_leave_alone(tmp_path, monkeypatch):
+    from googlenet.train import checkpoint as ckpt
+
+    def payload(step):
+        return {"model": {}, "config": {}, "step": step}
+
+    ckpt.save_checkpoint(tmp_path / ckpt.LAST, payload(1))
+    assert ckpt.save_best(tmp_path, payload(1)) == tmp_path / ckpt.BEST
+    assert (tmp_path / ckpt.BEST).stat().st_ino == (tmp_path / ckpt.LAST).stat().st_ino  # no second write
+    ckpt.save_checkpoint(tmp_path / ckpt.LAST, payload(2))  # replaced by a rename: best.pt keeps step 1
+    assert ckpt.load_checkpoint(tmp_path / ckpt.BEST)["step"] == 1
+    assert ckpt.load_checkpoint(tmp_path / ckpt.LAST)["step"] == 2
+
+    def no_links(source, target):
+        raise OSError(errno.EPERM, "hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)  # e.g. some network file systems: a copy is written
+    ckpt.save_best(tmp_path, payload(2))
+    assert ckpt.load_checkpoint(tmp_path / ckpt.BEST)["step"] == 2
+    assert (tmp_path / ckpt.BEST).stat().st_ino != (tmp_path / ckpt.LAST).stat().st_ino
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ckpt.BEST, ckpt.LAST]  # no temporary files left

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..fileio import atomic_write, load_error_reason
+from ..fileio import atomic_link, atomic_write, load_error_reason
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -53,6 +53,15 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
         from .guard import save_failed
 
         raise save_failed(path, e, Path(path).parent) from None
+
+
+def save_best(run_dir: Path, payload: dict[str, Any]) -> Path:
+    """best.pt, right after last.pt was saved with the same payload: a hard link to it (no
+    second write of a ~100 MB file at every improving epoch); a copy where links fail."""
+    best = run_dir / BEST
+    if atomic_link(run_dir / LAST, best):
+        return best
+    return save_checkpoint(best, payload)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

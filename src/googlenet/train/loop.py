@@ -605,7 +605,7 @@ class Trainer:
         payload = self._checkpoint_payload()
         ckpt.save_checkpoint(self.run_dir / ckpt.LAST, payload)
         if best:
-            ckpt.save_checkpoint(self.run_dir / ckpt.BEST, payload)
+            ckpt.save_best(self.run_dir, payload)
 
     def _restore(self, payload: dict) -> None:
         self.model.load_state_dict(payload["model"])
@@ -632,12 +632,13 @@ class Trainer:
             save_weights(self.eval_model, weights, class_names=info.class_names, input_size=info.input_size,
                          resize=info.resize, mean=list(info.mean), std=list(info.std), dataset=info.name,
                          recipe=self.config.recipe, test_top1=round(final.top1, 3))
+            which = "averaged (EMA) weights" if self.ema is not None else "final weights"
+            # The result as soon as it is known; the plots (a second or two) come after it.
+            self.say(f"test accuracy: top-1 {final.top1:.2f}%  top-5 {final.top5:.2f}%  on {final.images} "
+                     f"{info.name} test images ({which}); {self.elapsed():.0f}s in all")
             plots = self._write_plots(final)
             if self.tensorboard is not None:
                 self.tensorboard.close()
-            which = "averaged (EMA) weights" if self.ema is not None else "final weights"
-            self.say(f"test accuracy: top-1 {final.top1:.2f}%  top-5 {final.top5:.2f}%  on {final.images} "
-                     f"{info.name} test images ({which}); {self.elapsed():.0f}s in all")
             self.say(f"model: {weights}   plots: {', '.join(str(p) for p in plots)}")
         self.process.barrier()
         return TrainResult(self.run_dir, weights, final.top1, final.top5, final.images, self.elapsed(),
