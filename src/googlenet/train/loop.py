@@ -16,7 +16,7 @@ import random
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ CALIBRATION_STEPS = {"cpu": 6, "cuda": 30}  # steps timed to fit a budget (the f
 # Steps per timed call. A GPU is timed over blocks: within one the host queues a step while the
 # GPU runs the one before, as in training (a step timed alone has the two back to back).
 CALIBRATION_BLOCK = {"cpu": 1, "cuda": 4}
+REPLAN_AFTER_EPOCH = 2  # a budget run refits its remaining steps once, with what epochs 1-2 cost
+PER_EPOCH_SHARE = 0.15  # at most this share of a budget's time left goes to per-epoch tests and checkpoints
 
 
 @dataclass
@@ -179,6 +181,7 @@ class Trainer:
         self.history: list[dict] = []
         self.best_top1 = -1.0
         self.plan: Plan | None = None
+        self.budget_eval_rate: float | None = None  # test img/s, when this process planned a budget
         self.elapsed_before = 0.0  # seconds spent before a resume
         self._epoch_sums = self._zero_sums()
         self.tensorboard = None
@@ -272,6 +275,9 @@ class Trainer:
         if improved:
             self.best_top1 = result.top1
         self._log_epoch(row)
+        if self.epoch == REPLAN_AFTER_EPOCH and self.budget_eval_rate is not None and not last:
+            # epoch_s spans the previous epoch's checkpoint to this epoch's test: one whole cycle.
+            self._replan_budget(sums["seconds"], max(0.0, row["epoch_s"] - sums["seconds"]))
         if self.nan_guard.skipped:
             self.say(f"note: {self.nan_guard.skipped} step(s) skipped so far: NaN/Inf loss (--on-nan skip)")
         self._save_checkpoints(best=improved)
@@ -421,10 +427,10 @@ class Trainer:
         step_s = self._calibrate(calib, budget)
         calib = self.step  # steps taken (fewer when the machine is very slow)
 
-        eval_rate = self._measure_eval_rate()  # images / s
+        eval_rate = self.budget_eval_rate = self._measure_eval_rate()  # images / s
         test_images = self.info.test_size
-        final_eval_s = test_images / eval_rate * (2 if c.tta_flip else 1)
-        overhead_s = min(10.0, 0.05 * budget) + 0.02 * budget  # checkpoints, plots, safety margin
+        final_eval_s = self._final_eval_s()
+        overhead_s = _budget_margin_s(budget)
         per_epoch_eval_share = 0.05 * budget
         remaining = budget - self.elapsed() - final_eval_s - overhead_s - per_epoch_eval_share
         extra_steps = max(0, int(remaining / step_s))
@@ -447,6 +453,36 @@ class Trainer:
                  f"({total * self.train_loader.global_batch} images, {total / per_pass:.2f} passes) in "
                  f"{epochs} epochs{subset_note}; final test on all {test_images} images")
         return plan
+
+    def _final_eval_s(self) -> float:
+        return self.info.test_size / self.budget_eval_rate * (2 if self.config.tta_flip else 1)
+
+    def _replan_budget(self, train_s: float, cycle_overhead_s: float) -> None:
+        """Refit the rest of a budget run once, after epoch REPLAN_AFTER_EPOCH, from what it has
+        measured: that epoch's steady step time and what an epoch's test, log and checkpoint
+        really cost (the first plan could only guess those). Where those would eat more than
+        PER_EPOCH_SHARE of the time left, fewer, longer epochs; the total steps move by at most
+        -50% / +25%, so the learning-rate curve shifts rather than jumps."""
+        c, plan = self.config, self.plan
+        budget = c.budget_seconds()
+        step_s = train_s / max(1, plan.epoch_ends[self.epoch - 1] - plan.epoch_ends[self.epoch - 2])
+        time_left = budget - self.elapsed() - self._final_eval_s() - _budget_margin_s(budget)
+        epochs_left = plan.epochs - self.epoch
+        if cycle_overhead_s > 0:
+            epochs_left = max(1, min(epochs_left, int(PER_EPOCH_SHARE * time_left / cycle_overhead_s)))
+        remaining = time_left - epochs_left * cycle_overhead_s
+        wanted = self.step + int(max(0.0, remaining) / max(step_s, 1e-9))
+        total = min(max(wanted, plan.total_steps // 2, self.step + epochs_left), plan.total_steps * 5 // 4)
+        total, epochs_left = self.process.broadcast_object((total, epochs_left))  # rank 0's timing for all
+        if epochs_left == plan.epochs - self.epoch and abs(total - plan.total_steps) <= 0.02 * plan.total_steps:
+            return  # on course
+        ends = plan.epoch_ends[: self.epoch] + [
+            self.step + round((total - self.step) * (e + 1) / epochs_left) for e in range(epochs_left)]
+        self.say(f"budget {c.budget}: re-planned after epoch {self.epoch}: {step_s:.3f} s/step and "
+                 f"{cycle_overhead_s:.2f} s of test and checkpoint per epoch -> {total} steps in "
+                 f"{self.epoch + epochs_left} epochs (planned {plan.total_steps} in {plan.epochs})")
+        self.plan = replace(plan, epochs=self.epoch + epochs_left, total_steps=total, epoch_ends=ends)
+        self.schedule.total_steps = total
 
     def _calibrate(self, steps: int, budget: float) -> float:
         """Seconds per step from up to `steps` real training steps (the first call per setting is warm-up).
@@ -657,6 +693,11 @@ class Trainer:
                                         [int(final.predictions[i]) for i in wrong], names,
                                         self.run_dir / "errors.png"))
         return paths
+
+
+def _budget_margin_s(budget: float) -> float:
+    """Seconds of a budget kept back for the final checkpoint, weights and plots, and safety."""
+    return min(10.0, 0.05 * budget) + 0.02 * budget
 
 
 def seed_everything(seed: int) -> None:
