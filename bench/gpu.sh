@@ -151,8 +151,8 @@ if found is None or code != 0:
     sys.exit(1)
 with open(f"{work}/fmnist-seed{seed}.json", "w") as f:
     json.dump(found, f)
-print(f"fmnist seed {seed}: {found['top1']:.2f}% ({flipped}% with flip averaging) in {found['seconds']:.1f} s",
-      flush=True)
+flip_note = f" ({flipped:.2f}% with flip averaging)" if flipped is not None else ""
+print(f"fmnist seed {seed}: {found['top1']:.2f}%{flip_note} in {found['seconds']:.1f} s", flush=True)
 PY
 }
 

@@ -35,10 +35,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         os.chmod(tmp, _DEFAULT_MODE)  # mkstemp makes 0600; written files are shared like any other
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _remove(tmp)
         raise
     _fsync_folder(path.parent)  # make the rename itself durable
     return path
@@ -59,13 +56,18 @@ def atomic_link(source: str | os.PathLike, path: str | os.PathLike) -> bool:
         os.link(source, tmp)
         os.replace(tmp, path)
     except OSError:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _remove(tmp)
         return False
+    _remove(tmp)  # still there when `path` already was a link to `source` (rename then does nothing)
     _fsync_folder(path.parent)
     return True
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -78,7 +78,7 @@ def test_late_read_hands_back_a_copy_of_what_was_put_with_its_tag_once():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_late_read_of_a_gpu_tensor_waits_only_for_its_copy():
+def test_late_read_of_a_gpu_tensor_returns_its_values_after_the_async_copy():
     late = guard.LateRead()
     late.put(torch.tensor([1.0, 3.0], device="cuda"), "step")
     assert late.take() == ([1.0, 3.0], "step")
@@ -96,6 +96,9 @@ def test_best_checkpoint_is_a_link_that_later_saves_of_last_leave_alone(tmp_path
     ckpt.save_checkpoint(tmp_path / ckpt.LAST, payload(2))  # replaced by a rename: best.pt keeps step 1
     assert ckpt.load_checkpoint(tmp_path / ckpt.BEST)["step"] == 1
     assert ckpt.load_checkpoint(tmp_path / ckpt.LAST)["step"] == 2
+    ckpt.save_best(tmp_path, payload(2))
+    ckpt.save_best(tmp_path, payload(2))  # already a link to last.pt: the rename does nothing, no temp file stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ckpt.BEST, ckpt.LAST]
 
     def no_links(source, target):
         raise OSError(errno.EPERM, "hard links not supported")

@@ -212,19 +212,24 @@ def test_budget_replan_after_epoch_2_refits_steps_and_merges_epochs_when_checkpo
 
     said = []
     trainer = SimpleNamespace(
-        config=SimpleNamespace(budget="100s", budget_seconds=lambda: 100.0),
+        config=SimpleNamespace(budget="100s", budget_seconds=lambda: 100.0, warmup=0.2),
         plan=loop.Plan(10, 100, [10 * (e + 1) for e in range(10)], None, 10.0), epoch=2, step=20,
         elapsed=lambda: 20.0, _final_eval_s=lambda: 2.0, process=Process(), say=said.append,
-        schedule=SimpleNamespace(total_steps=100))
+        schedule=LRSchedule(resolve_config(), total_steps=100, steps_per_epoch=10))
+    lr_factors = [trainer.schedule(step) for step in range(18, 23)]
     loop.Trainer._replan_budget(trainer, train_s=5.0, cycle_overhead_s=3.0)
     # time left 100 - 20 - 2 - 7 (margin) = 71 s; 3 epochs x 3 s; (71 - 9) / 0.5 = 124 steps -> capped at 125
     assert (trainer.plan.epochs, trainer.plan.total_steps) == (5, 125)
     assert trainer.plan.epoch_ends == [10, 20, 55, 90, 125] and trainer.schedule.total_steps == 125
     assert "re-planned after epoch 2" in said[0] and "(planned 100 in 10)" in said[0]
+    # warm-up still ends at step 20: no jump in the learning rate around the re-plan (step 20)
+    assert trainer.plan.warmup_steps == 20
+    assert [trainer.schedule(step) for step in range(18, 21)] == lr_factors[:3]
+    assert abs(trainer.schedule(21) - lr_factors[3]) < 0.01
 
     on_course = SimpleNamespace(**{**vars(trainer), "plan": loop.Plan(10, 100, [10 * (e + 1) for e in range(10)],
                                                                      None, 10.0)})
-    on_course.schedule = SimpleNamespace(total_steps=100)
+    on_course.schedule = LRSchedule(resolve_config(), total_steps=100, steps_per_epoch=10)
     # time left 71 s, 8 epochs x 0.2 s: 69.4 s for 80 more steps of 0.8675 s, as planned
     loop.Trainer._replan_budget(on_course, train_s=10 * 0.8675, cycle_overhead_s=0.2)
     assert on_course.plan.total_steps == 100 and on_course.plan.epochs == 10 and len(said) == 1

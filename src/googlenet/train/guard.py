@@ -69,7 +69,7 @@ class StopSignals:
             self.__exit__()
             raise KeyboardInterrupt
         self.received = signum
-        print(f"\n{STOP_SIGNALS[signum]} received: stopping after this step and saving a checkpoint "
+        print(f"\n{STOP_SIGNALS[signum]} received: stopping after the current step and saving a checkpoint "
               "(send it again to stop at once, losing the work since the last checkpoint)",
               file=sys.stderr, flush=True)
 
@@ -125,11 +125,11 @@ class LateRead:
     def put(self, values: torch.Tensor, tag: Any) -> None:
         """Start copying `values` to the host; `tag` comes back with them from `take`."""
         host = torch.empty(values.shape, dtype=values.dtype, pin_memory=values.is_cuda)
-        host.copy_(values, non_blocking=True)
+        host.copy_(values, non_blocking=values.is_cuda)  # elsewhere a plain copy: nothing to wait for later
         done = None
         if values.is_cuda:
             done = torch.cuda.Event()
-            done.record()
+            done.record(torch.cuda.current_stream(values.device))  # the stream the copy was queued on
         self._pending = (host, done, tag)
 
     def take(self) -> tuple[list, Any] | None:

@@ -37,7 +37,7 @@ from .setup import (LRSchedule, autocast_dtype, build_loaders, build_model, buil
 METRICS_FIELDS = ("epoch", "step", "images", "train_loss", "train_acc", "test_loss", "test_top1", "test_top5",
                   "test_images", "lr", "img_per_s", "epoch_s", "elapsed_s")
 PLAIN_PROGRESS_EVERY_S = 60.0  # progress lines when stdout is not a terminal
-CALIBRATION_STEPS = {"cpu": 6, "cuda": 30}  # steps timed to fit a budget (the first call per setting is warm-up)
+CALIBRATION_STEPS = {"cpu": 6, "cuda": 28}  # steps timed to fit a budget (the first call per setting is warm-up)
 # Steps per timed call. A GPU is timed over blocks: within one the host queues a step while the
 # GPU runs the one before, as in training (a step timed alone has the two back to back).
 CALIBRATION_BLOCK = {"cpu": 1, "cuda": 4}
@@ -86,6 +86,7 @@ class Plan:
     eval_subset: int | None  # per-epoch evaluation on the first N test images (None: all)
     steps_per_epoch: float  # one pass over the data, for the step schedule
     light_augment: bool = False  # a budget too short to see every image once: flips only
+    warmup_steps: float | None = None  # set by a budget re-plan: where warm-up ends (else a share of the total)
 
     @staticmethod
     def fixed(epochs: int, steps_per_epoch: int, eval_subset: int | None) -> "Plan":
@@ -229,6 +230,7 @@ class Trainer:
                 self.plan = self.process.broadcast_object(self.plan)  # every rank takes rank 0's timing
             self.schedule.total_steps = self.plan.total_steps
             self.schedule.steps_per_epoch = self.plan.steps_per_epoch
+            self.schedule.warmup_steps = self.plan.warmup_steps
             self._apply_light_augment()
             while self.epoch < self.plan.epochs:
                 final = self._run_epoch()
@@ -275,7 +277,7 @@ class Trainer:
         if improved:
             self.best_top1 = result.top1
         self._log_epoch(row)
-        if self.epoch == REPLAN_AFTER_EPOCH and self.budget_eval_rate is not None and not last:
+        if self.epoch == REPLAN_AFTER_EPOCH and self.budget_eval_rate is not None and plan.epochs >= 4:
             # epoch_s spans the previous epoch's checkpoint to this epoch's test: one whole cycle.
             self._replan_budget(sums["seconds"], max(0.0, row["epoch_s"] - sums["seconds"]))
         if self.nan_guard.skipped:
@@ -421,7 +423,7 @@ class Trainer:
         """Time the first steps and one evaluation batch, then fit steps and epochs to the budget."""
         c = self.config
         budget = c.budget_seconds()
-        calib = CALIBRATION_STEPS.get(self.device.type, 10)
+        calib = CALIBRATION_STEPS.get(self.device.type, 8)
         self.say(f"budget {c.budget}: timing {calib} training steps to fit the schedule ...")
         self._epoch_sums = self._zero_sums()
         step_s = self._calibrate(calib, budget)
@@ -455,14 +457,17 @@ class Trainer:
         return plan
 
     def _final_eval_s(self) -> float:
-        return self.info.test_size / self.budget_eval_rate * (2 if self.config.tta_flip else 1)
+        # With tta_flip the plain test is followed by one over each image and its mirror image.
+        return self.info.test_size / self.budget_eval_rate * (3 if self.config.tta_flip else 1)
 
     def _replan_budget(self, train_s: float, cycle_overhead_s: float) -> None:
         """Refit the rest of a budget run once, after epoch REPLAN_AFTER_EPOCH, from what it has
         measured: that epoch's steady step time and what an epoch's test, log and checkpoint
         really cost (the first plan could only guess those). Where those would eat more than
-        PER_EPOCH_SHARE of the time left, fewer, longer epochs; the total steps move by at most
-        -50% / +25%, so the learning-rate curve shifts rather than jumps."""
+        PER_EPOCH_SHARE of the time left, fewer, longer epochs. The total steps move by at most
+        -50% / +25% and warm-up keeps its end step, so the learning rate does not jump (it is
+        still warming up, or a few steps into its decay). Augmentation and the per-epoch test
+        subset stay as first planned."""
         c, plan = self.config, self.plan
         budget = c.budget_seconds()
         step_s = train_s / max(1, plan.epoch_ends[self.epoch - 1] - plan.epoch_ends[self.epoch - 2])
@@ -481,8 +486,10 @@ class Trainer:
         self.say(f"budget {c.budget}: re-planned after epoch {self.epoch}: {step_s:.3f} s/step and "
                  f"{cycle_overhead_s:.2f} s of test and checkpoint per epoch -> {total} steps in "
                  f"{self.epoch + epochs_left} epochs (planned {plan.total_steps} in {plan.epochs})")
-        self.plan = replace(plan, epochs=self.epoch + epochs_left, total_steps=total, epoch_ends=ends)
-        self.schedule.total_steps = total
+        warmup_steps = plan.warmup_steps if plan.warmup_steps is not None else c.warmup * plan.total_steps
+        self.plan = replace(plan, epochs=self.epoch + epochs_left, total_steps=total, epoch_ends=ends,
+                            warmup_steps=warmup_steps)
+        self.schedule.total_steps, self.schedule.warmup_steps = total, warmup_steps
 
     def _calibrate(self, steps: int, budget: float) -> float:
         """Seconds per step from up to `steps` real training steps (the first call per setting is warm-up).
@@ -511,7 +518,10 @@ class Trainer:
                 timings.setdefault(n, []).append(last)
             warm.add(n)
             measured_all = all(timings.get(k) for k in set(settings))
-            if time.perf_counter() > stop_at and (measured_all or time.perf_counter() > stop_at + 0.1 * budget):
+            done = time.perf_counter() > stop_at and (measured_all or time.perf_counter() > stop_at + 0.1 * budget)
+            if self.process.world_size > 1:  # rank 0's clock decides: every rank must take as many steps
+                done = bool(self.process.broadcast_object(done))
+            if done:
                 break
         if not timings:
             torch.set_num_threads(threads)

@@ -177,6 +177,7 @@ class LRSchedule:
         self.total_steps = int(total_steps)
         self.steps_per_epoch = float(steps_per_epoch)
         self.warmup = float(config.warmup)
+        self.warmup_steps: float | None = None  # set: warm-up ends at this step whatever total_steps is
         self.final = float(config.final_lr_scale)
         self.every = float(config.step_every)
         self.gamma = float(config.step_gamma)
@@ -184,7 +185,7 @@ class LRSchedule:
     def __call__(self, step: int) -> float:
         if self.kind == "step":
             return self.gamma ** math.floor(step / (self.steps_per_epoch * self.every))
-        warm = self.warmup * self.total_steps
+        warm = self.warmup * self.total_steps if self.warmup_steps is None else self.warmup_steps
         if step < warm:
             return 0.04 + 0.96 * step / warm
         progress = min(1.0, (step - warm) / max(1.0, self.total_steps - warm))
