@@ -335,3 +335,6 @@ def test_format_defaults_to_the_out_suffix_else_onnx(tmp_path, weights_file, cap
     code, stdout, err = run_cli(capsys, "export", str(weights))
     assert code == 0, err
     assert "wrote ONNX" in stdout and (tmp_path / "plain.onnx").is_file()
+    code, _, err = run_cli(capsys, "export", str(weights_file), "--out", str(tmp_path / "deploy.tflite"))
+    assert_one_line_error(code, err, "cannot tell the format", "--format onnx|torchscript")
+    assert not (tmp_path / "deploy.tflite").exists()

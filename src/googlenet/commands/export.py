@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("weights", metavar="WEIGHTS", help="a .safetensors weights file written by googlenet")
     p.add_argument("--format", metavar="onnx|torchscript", help="the file format to write (default: from "
-                   "--out's suffix, .onnx or .pt/.pth/.ts; else onnx)")
+                   "--out's suffix, .onnx or .pt/.pth/.ts; onnx without --out)")
     p.add_argument("--out", metavar="FILE", help="output file (default: next to WEIGHTS, "
                    "NAME.onnx, NAME.int8.onnx or NAME.torchscript.pt)")
     p.add_argument("--int8", action="store_true", help="ONNX only: static int8 quantization for CPU, "
@@ -63,7 +63,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_from_suffix(out: str | None) -> str:
-    """--format left out: TorchScript for an --out ending .pt/.pth/.ts, otherwise ONNX."""
+    """--format left out: ONNX without --out or for an --out ending .onnx, TorchScript for one
+    ending .pt/.pth/.ts; any other suffix is a one-line error (no ONNX file named x.tflite)."""
     from pathlib import Path
 
-    return "torchscript" if out and Path(out).suffix.lower() in TORCHSCRIPT_SUFFIXES else "onnx"
+    from ..errors import UserError
+
+    suffix = Path(out).suffix.lower() if out else ".onnx"
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix in TORCHSCRIPT_SUFFIXES:
+        return "torchscript"
+    raise UserError(f"cannot tell the format from {out!r}; give --format onnx|torchscript, or an --out "
+                    f"ending .onnx or {'/'.join(TORCHSCRIPT_SUFFIXES)}")
