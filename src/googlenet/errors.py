@@ -1,9 +1,11 @@
 """Errors a user can cause. The CLI prints them as one line and exits with `exit_code`."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from pathlib import Path
+from typing import Iterator
 
 
 class UserError(Exception):
@@ -31,6 +33,11 @@ def first_line(error: BaseException, limit: int | None = None) -> str:
 _PATH_MISTAKES = (errno.ENOENT, errno.EEXIST, errno.ENOTDIR, errno.EISDIR)
 
 
+def path_error_kind(error: OSError) -> type[UserError]:
+    """UserError (exit 2) for a path that cannot name a file, RunError (exit 1) otherwise."""
+    return UserError if error.errno in _PATH_MISTAKES else RunError
+
+
 def output_error(error: BaseException, out: str | os.PathLike, fix: str = "pick another --out") -> UserError | None:
     """A failed write of the output file `out` as one line, or None if `error` is about another file.
 
@@ -47,5 +54,16 @@ def output_error(error: BaseException, out: str | os.PathLike, fix: str = "pick 
     reason = error.strerror or first_line(error)
     if not beside:  # name the folder that is the problem
         reason += f": {error.filename}"
-    kind = UserError if error.errno in _PATH_MISTAKES else RunError
-    return kind(f"cannot write {out} ({reason}); {fix}")
+    return path_error_kind(error)(f"cannot write {out} ({reason}); {fix}")
+
+
+@contextlib.contextmanager
+def output_errors(out: str | os.PathLike, fix: str = "pick another --out") -> Iterator[None]:
+    """Around writing `out`: an OSError about it (see output_error) becomes one line, not a traceback."""
+    try:
+        yield
+    except OSError as e:
+        failed = output_error(e, out, fix)
+        if failed is None:
+            raise
+        raise failed from None

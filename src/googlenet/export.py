@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import RunError, UserError, first_line, output_error
+from .errors import RunError, UserError, first_line, output_errors
 from .fileio import atomic_write
 from .onnx_backend import ONNX_META_FORMAT, encode_metadata
 
@@ -233,29 +233,18 @@ def export(weights: str | os.PathLike, format: str = "onnx", out: str | os.PathL
     if out.resolve() == Path(weights).resolve():
         raise UserError(f"--out {out} would overwrite the weights file; choose another name")
     model = load_weights(weights)  # WeightsError (a UserError) for anything that is not ours
-    try:
-        return _write_export(model, format, out, int8, dynamic_batch, opset, calib_dataset, calib_images,
-                             data_dir, dynamo)
-    except OSError as e:  # an --out that cannot be written: one line, not a traceback
-        failed = output_error(e, out)
-        if failed is None:
-            raise
-        raise failed from None
+    with output_errors(out):  # an --out that cannot be written: one line, not a traceback
+        if format == "torchscript":
+            return export_torchscript(model, out)
+        if not int8:
+            return export_onnx(model, out, opset=opset, dynamic_batch=dynamic_batch, dynamo=dynamo)
 
+        from .quantize import calibration_batches, quantize_onnx
 
-def _write_export(model: nn.Module, format: str, out: Path, int8: bool, dynamic_batch: bool, opset: int,
-                  calib_dataset: str | None, calib_images: int, data_dir: str | None, dynamo: bool) -> Path:
-    if format == "torchscript":
-        return export_torchscript(model, out)
-    if not int8:
-        return export_onnx(model, out, opset=opset, dynamic_batch=dynamic_batch, dynamo=dynamo)
-
-    from .quantize import calibration_batches, quantize_onnx
-
-    net = inference_network(model)
-    meta = export_metadata(net)
-    batches = calibration_batches(meta, calib_dataset, calib_images, data_dir)
-    with tempfile.TemporaryDirectory(prefix="googlenet-export-") as tmp:
-        fp32 = export_onnx(net, Path(tmp) / "fp32.onnx", opset=opset, dynamic_batch=dynamic_batch,
-                           dynamo=dynamo, meta=meta)
-        return quantize_onnx(fp32, out, batches)
+        net = inference_network(model)
+        meta = export_metadata(net)
+        batches = calibration_batches(meta, calib_dataset, calib_images, data_dir)
+        with tempfile.TemporaryDirectory(prefix="googlenet-export-") as tmp:
+            fp32 = export_onnx(net, Path(tmp) / "fp32.onnx", opset=opset, dynamic_batch=dynamic_batch,
+                               dynamo=dynamo, meta=meta)
+            return quantize_onnx(fp32, out, batches)

@@ -74,16 +74,11 @@ def summary_cmd(args: argparse.Namespace) -> int:
 
 
 def import_torchvision_cmd(args: argparse.Namespace) -> int:
-    from ..errors import output_error
+    from ..errors import output_errors
     from ..models import import_torchvision, read_metadata
 
-    try:
+    with output_errors(args.out, "pick another OUT file"):
         out = import_torchvision(args.pth, args.out, transform_input=args.transform_input)
-    except OSError as e:  # an OUT that cannot be written
-        failed = output_error(e, args.out, "pick another OUT file")
-        if failed is None:
-            raise
-        raise failed from None
     meta = read_metadata(out)
     print(f"wrote {out} ({meta['model']}, {meta['options']['num_classes']} classes, "
           f"aux heads {'kept' if meta['options']['aux_logits'] else 'absent'})")

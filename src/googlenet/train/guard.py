@@ -12,7 +12,6 @@ failed saves and the leftovers of a killed one.
 """
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import signal
@@ -25,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import RunError, UserError, first_line
+from ..errors import RunError, UserError, first_line, path_error_kind
 
 ON_NAN_CHOICES = ("stop", "skip")
 MAX_SKIPS_IN_A_ROW = 20  # that many bad steps in a row: the weights themselves are broken, skipping cannot help
@@ -189,8 +188,7 @@ def write_error(error: BaseException, run_dir: str | os.PathLike) -> UserError |
             blocker = next((p for p in (given, *given.parents) if p.is_file()), None)
             if blocker is not None:  # --out names a file, or a folder inside one
                 reason = f"{blocker} is a file"
-            kind = UserError if error.errno in (errno.ENOENT, errno.EEXIST, errno.ENOTDIR, errno.EISDIR) else RunError
-            return kind(f"cannot create the run folder {given} ({reason}); pick another --out")
+            return path_error_kind(error)(f"cannot create the run folder {given} ({reason}); pick another --out")
         if path == run_dir or run_dir in path.parents:
             name = path.name
             if name.startswith(".") and name.endswith(".tmp"):  # atomic_write's .<name>.<random>.tmp
