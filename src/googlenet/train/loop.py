@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import RunError, UserError
+from ..errors import RunError, UserError, first_line
 from ..fileio import atomic_write
 from ..models import GoogLeNetOutputs, googlenet_loss
 from . import checkpoint as ckpt
-from . import guard
+from . import graphed, guard
 from .ema import WeightAverage
 from .recipes import TrainConfig, config_from_dict, save_config
 from .setup import (LRSchedule, autocast_dtype, build_loaders, build_model, build_optimizer, freeze_until)
@@ -190,6 +190,9 @@ class Trainer:
         self.stop_signals = guard.StopSignals()  # SIGINT/SIGTERM: checkpoint, then stop
         self.stop_agreed = False  # every process has seen a stop request (the same step on all)
         self.late_flags = guard.LateRead()  # each step's (loss, stop votes), read a step late
+        # Forward/backward as CUDA graphs, recorded on the first full batch (None: not yet or not here).
+        self.graph_off = graphed.unavailable_reason(config, self.device, process.world_size)
+        self.graphed: graphed.GraphedForward | None = None
         if payload is not None:
             self._restore(payload)
 
@@ -326,10 +329,11 @@ class Trainer:
             for i, (x, y) in enumerate(micro):
                 # Gradients add up over micro-batches; DDP all-reduces them once, on the last.
                 sync = contextlib.nullcontext() if i == len(micro) - 1 else self.process.no_sync(model)
+                forward = self._training_forward(x) or model
                 with sync:
                     with torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16,
                                         enabled=self.dtype is not None):
-                        outputs = model(x)
+                        outputs = forward(x)
                         loss = googlenet_loss(outputs, y, self.criterion, c.aux_weight)
                     (loss * (len(y) / len(y_step))).backward()
                 logits = outputs.logits if isinstance(outputs, GoogLeNetOutputs) else outputs
@@ -368,6 +372,20 @@ class Trainer:
         sums["correct"] += int(self.process.all_reduce_sum(correct)) // self.process.world_size
         sums["images"] += seen
         sums["seconds"] += time.perf_counter() - started
+
+    def _training_forward(self, x: Tensor) -> graphed.GraphedForward | None:
+        """The graphed forward where it applies; recorded on the first call (a few seconds)."""
+        if self.graphed is None and self.graph_off is None:
+            started = time.perf_counter()
+            try:
+                self.graphed = graphed.GraphedForward(self.model, x, self.dtype)
+            except Exception as error:  # noqa: BLE001 -- a capture problem must not cost the run
+                self.graph_off = f"recording failed: {first_line(error)}"
+                self.say(f"note: CUDA graphs off ({self.graph_off}); training without them")
+            else:
+                self.say(f"CUDA graphs: forward and backward of each {tuple(x.shape)} batch recorded "
+                         f"({time.perf_counter() - started:.1f} s); --set cuda_graph=false turns them off")
+        return self.graphed
 
     def _step_flags(self, step_loss: Tensor) -> Tensor:
         """(summed loss, stop votes) of this step over every process: one small all-reduce, no sync."""

@@ -83,6 +83,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on CUDA and on CPUs with bf16 support) | bf16 | fp32
     channels_last: bool = True
     compile: bool = False  # torch.compile the model
+    cuda_graph: bool = True  # one GPU, one process: replay each step's forward and backward as CUDA graphs
     workers: int = 4  # imagefolder DataLoader workers
     sync_bn: bool = False  # several processes: batch-norm statistics over the global batch (SyncBatchNorm)
     dist_timeout: float = 120.0  # seconds a collective waits for the other processes before the job fails
