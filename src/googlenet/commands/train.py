@@ -101,8 +101,9 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.nproc is not None and args.nproc != 1:
         return _launch(args)
-    from ..train import checkpoint, resolve_config, train
+    from ..train import checkpoint, distributed, resolve_config, train
     from ..train.distributed import distributed_session, env_world_size
+    from ..train.guard import StopRequested
     from ..train.recipes import config_from_dict
 
     config = None
@@ -119,14 +120,19 @@ def run(args: argparse.Namespace) -> int:
         _note_unscaled_lr(args, config)
     elif env_world_size() > 1:  # the process group needs the run's device and timeout
         config = config_from_dict(checkpoint.load_checkpoint(args.resume)["config"])
-    with distributed_session(config) as process:
-        if args.resume:
-            given = [f"--{k.replace('_', '-')}" for k in CONFIG_FLAGS + ("recipe", "config", "out")
-                     if getattr(args, k, None) is not None] + (["--set"] if args.set else [])
-            if given and process.is_main:
-                print(f"note: --resume continues with the run's saved config; ignoring {' '.join(given)}")
-            result = train(None, resume=args.resume, started_at=started, process=process)
-        else:
-            result = train(config, out=args.out, started_at=started, process=process)
+    try:
+        with distributed_session(config) as process:
+            if args.resume:
+                given = [f"--{k.replace('_', '-')}" for k in CONFIG_FLAGS + ("recipe", "config", "out")
+                         if getattr(args, k, None) is not None] + (["--set"] if args.set else [])
+                if given and process.is_main:
+                    print(f"note: --resume continues with the run's saved config; ignoring {' '.join(given)}")
+                result = train(None, resume=args.resume, started_at=started, process=process)
+            else:
+                result = train(config, out=args.out, started_at=started, process=process)
+    except StopRequested as stop:
+        if distributed.report_stop(stop, distributed.env_rank()):  # `--nproc` says it once, with its exit code
+            return 0
+        raise
     return 0 if result.test_images > 0 else 1
 

@@ -17,7 +17,6 @@ import dataclasses
 import datetime
 import os
 import signal
-import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -26,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..errors import RunError, UserError
+from ..errors import RunError, UserError, first_line
 from .loop import Process
 from .recipes import TrainConfig
 
@@ -35,6 +34,9 @@ from .recipes import TrainConfig
 # makes it send itself SIGTERM instead (the other ranks are not signalled), to check that
 # every rank still stops at the same step with a checkpoint.
 FAIL_HOOK_ENV = "GOOGLENET_TEST_FAIL_AT"
+# Set by `--nproc`: the file where rank 0 leaves a requested stop's exit code and message
+# (every process then exits 0, so torchrun does not report the stop as a crash).
+STOP_REPORT_ENV = "GOOGLENET_STOP_REPORT"
 
 
 def launched_by_torchrun() -> bool:
@@ -233,7 +235,7 @@ def distributed_session(config: TrainConfig | None) -> Iterator[Process]:
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
     except Exception as e:  # rendezvous or network failure
         raise RunError(f"process {rank}: cannot join the process group ({backend}): "
-                       f"{_first_line(e)}; check --rdzv-endpoint / MASTER_ADDR and the network") from None
+                       f"{first_line(e, 300)}; check --rdzv-endpoint / MASTER_ADDR and the network") from None
     process = DistributedProcess(rank=rank, world_size=world_size, local_rank=local_rank, device=device,
                                  sync_bn=config.sync_bn, timeout_s=timeout)
     try:
@@ -241,17 +243,12 @@ def distributed_session(config: TrainConfig | None) -> Iterator[Process]:
     except Exception as e:
         if not _collective_failure(e):
             raise
-        raise RunError(f"process {rank} of {world_size}: a collective operation failed ({_first_line(e)}); "
+        raise RunError(f"process {rank} of {world_size}: a collective operation failed ({first_line(e, 300)}); "
                        f"another process died (see its error above) or stalled longer than "
                        f"dist_timeout={timeout:g}s") from None
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return (lines[0] if lines else type(error).__name__)[:300]
 
 
 # ------------------------------------------------------------------ batch bookkeeping
@@ -280,31 +277,64 @@ def rescale_for_world_size(config: TrainConfig, saved_world_size: int, world_siz
 
 
 # ------------------------------------------------------------------ launcher
+def report_stop(stop: RunError, rank: int) -> bool:
+    """Under `--nproc`: hand a requested stop to the launcher (rank 0 writes its exit code and
+    message) and tell the caller to exit 0. False where no launcher of ours is waiting."""
+    report = os.environ.get(STOP_REPORT_ENV)
+    if not report or env_world_size() <= 1:
+        return False
+    if rank == 0:
+        with open(report, "w") as f:
+            f.write(f"{stop.exit_code}\n{stop}\n")
+    return True
+
+
 def launch_local(nproc: int, train_args: list[str]) -> int:
-    """Run `googlenet train <train_args>` in `nproc` processes on this machine through
-    torchrun (standalone rendezvous on a free local port); returns torchrun's exit code."""
+    """Run `googlenet train <train_args>` in `nproc` processes on this machine with torchrun's
+    launcher (standalone rendezvous on a free local port), in this process so that its
+    outcome becomes one line: a requested stop (Ctrl-C, SIGTERM: torchrun passes it on and
+    waits for the checkpoint) returns 130/143 with rank 0's message; a failed process returns
+    its exit code with a pointer to its error above, instead of torchrun's traceback dump."""
+    import tempfile
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
     if nproc < 1:
         raise UserError(f"--nproc must be at least 1, got {nproc}")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "googlenet", "train", *train_args]
-    env = dict(os.environ)
-    # torchrun sets OMP_NUM_THREADS=1 with a warning; share the cores out explicitly instead.
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    child = subprocess.Popen(command, env=env)
-    # A SIGTERM to this launcher (a scheduler, `kill`) reaches torchrun, which stops its workers.
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
-    try:
-        code = child.wait()
-    except KeyboardInterrupt:  # Ctrl-C reached the whole process group; let torchrun finish stopping
-        child.wait()
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    if code != 0:
-        print(f"googlenet train: error: the {nproc}-process job failed (exit {code}); the first failing "
-              "process's error is shown above", file=sys.stderr)
+    launch = parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "googlenet", "train", *train_args])
+    saved_env = dict(os.environ)
+    failed = ""
+    with tempfile.TemporaryDirectory(prefix="googlenet-nproc-") as folder:
+        report = os.path.join(folder, "stopped")
+        os.environ[STOP_REPORT_ENV] = report
+        # torchrun sets OMP_NUM_THREADS=1 with a warning; share the cores out explicitly instead.
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+        try:
+            run(launch)
+            code = 0
+        except SignalException as signalled:  # to this process; the workers got it too and have ended
+            code = 128 + int(signalled.sigval)
+        except ChildFailedError as error:
+            rank, failure = error.get_first_failure()
+            # A negative exit code is a death by that signal (e.g. -9: killed, out of memory?).
+            code = failure.exitcode if failure.exitcode > 0 else 128 + abs(failure.exitcode or 1)
+            failed = f"process {rank} exited with code {failure.exitcode}"
+        finally:
+            os.environ.clear()
+            os.environ.update(saved_env)
+        if os.path.isfile(report):  # stopped on request, checkpoint saved
+            stop_code, message = open(report).read().split("\n", 1)
+            print(f"googlenet train: {message.strip()}", file=sys.stderr)
+            return int(stop_code)
+    if failed:
+        print(f"googlenet train: error: the {nproc}-process job failed ({failed}); its error is shown above",
+              file=sys.stderr)
+    elif code:
+        print(f"googlenet train: the {nproc}-process job was interrupted (exit {code})", file=sys.stderr)
     return code
 
 
 __all__ = ["CPUSyncBatchNorm", "DistributedProcess", "convert_sync_batchnorm", "distributed_session",
-           "global_batch", "launch_local", "launched_by_torchrun", "rescale_for_world_size"]
+           "global_batch", "launch_local", "launched_by_torchrun", "report_stop", "rescale_for_world_size"]
