@@ -82,7 +82,7 @@ done
 
 # Seconds per step on one H100 with a cold compile cache (each torch.compile of GoogLeNet
 # is about a minute there): estimate, and the cap its `timeout` gets.
-declare -A EST=([tests]=25 [latency]=20 [throughput]=130 [train]=150 [fmnist]=45 [paper]=0)
+declare -A EST=([tests]=40 [latency]=20 [throughput]=130 [train]=150 [fmnist]=45 [paper]=0)
 declare -A CAP=([tests]=150 [latency]=150 [throughput]=300 [train]=330 [fmnist]=90 [paper]=0)
 if [[ -n "${PAPER_BUDGET:-}" ]]; then
   paper_s=$("$PYTHON" -c "import sys; sys.path.insert(0, 'src'); from googlenet.train.recipes import parse_duration as p; print(int(p(sys.argv[1])))" "$PAPER_BUDGET" 2>/dev/null || echo 300)
@@ -90,6 +90,7 @@ if [[ -n "${PAPER_BUDGET:-}" ]]; then
 fi
 STEPS_TSV="$WORK/steps.tsv"
 : > "$STEPS_TSV"
+rm -f "$WORK/tests.log"  # read after the tests step: never a previous run's
 OVERALL=0
 
 left() { echo $((DEADLINE_S - SECONDS)); }
@@ -116,6 +117,13 @@ run_step() {
   echo "-- $name: $status in ${took} s"
   summarize > /dev/null
   return $rc
+}
+
+gpu_tests() {  # the GPU tests; -rf lists each failure by name in tests.log (read after the step)
+  "$PYTHON" -m pytest -q -rfE -p no:cacheprovider -k "cuda or gpu" \
+    tests/test_fast.py tests/test_bench.py tests/data/test_gpu_loader.py tests/test_evaluate.py \
+    tests/train/test_guard.py tests/train/test_graphed.py 2>&1 | tee "$WORK/tests.log"
+  return "${PIPESTATUS[0]}"
 }
 
 bench_case() {  # bench_case KEY: one bench case, its JSON report into $WORK/bench-KEY.json
@@ -165,7 +173,7 @@ paper_run() {
     --budget "$PAPER_BUDGET" --device "$DEVICE" --out "$WORK/paper-fmnist" $TRAIN_ARGS
 }
 
-export -f bench_case fmnist_seed paper_run
+export -f gpu_tests bench_case fmnist_seed paper_run
 export PYTHON WORK DEVICE BENCH_ARGS TRAIN_ARGS PAPER_BUDGET FMNIST_MODEL FMNIST_BUDGET
 
 # The merged results (results.json) and the table (summary.txt), from what the steps left.
@@ -263,15 +271,11 @@ done
 for step in $STEPS; do
   case $step in
     tests)
-      run_step tests "${CAP[tests]}" "$PYTHON" -m pytest -q -p no:cacheprovider -k "cuda or gpu" \
-        tests/test_fast.py tests/test_bench.py tests/data/test_gpu_loader.py tests/test_evaluate.py \
-        tests/train/test_guard.py tests/train/test_graphed.py
-      # The fmnist runs record each step's forward/backward as CUDA graphs; if the graphed
-      # steps do not match eager ones on this GPU, train without graphs (and say so).
-      if ! grep -q $'^tests\tok' "$STEPS_TSV" && [[ "$STEPS" == *fmnist* ]] && ! timeout 120 "$PYTHON" -m pytest -q \
-          -p no:cacheprovider -k cuda tests/train/test_graphed.py > "$WORK/graph-tests.log" 2>&1; then
-        tail -n 15 "$WORK/graph-tests.log"
-        echo "-- the CUDA-graph training tests failed (above): the fmnist runs use --set cuda_graph=false"
+      run_step tests "${CAP[tests]}" gpu_tests
+      # The training runs record each step's forward/backward as CUDA graphs; if the graphed
+      # steps did not match eager ones on this GPU, they train without graphs (and say so).
+      if grep -Eqs "^(FAILED|ERROR) tests/train/test_graphed.py" "$WORK/tests.log"; then
+        echo "-- the CUDA-graph training tests failed (above): the training runs use --set cuda_graph=false"
         TRAIN_ARGS="$TRAIN_ARGS --set cuda_graph=false"
       fi ;;
     latency|throughput|train)

@@ -46,6 +46,8 @@ def test_where_graphs_apply(setting, reason):
     assert got is None if reason is None else reason in got
     assert "CUDA" in graphed.unavailable_reason(resolve_config(), torch.device("cpu"), 1)
     assert "processes" in graphed.unavailable_reason(resolve_config(), torch.device("cuda"), 2)
+    assert "image-folder" in graphed.unavailable_reason(resolve_config(), torch.device("cuda"), 1,
+                                                        resident_data=False)
 
 
 def test_recording_keeps_batch_norm_statistics_and_the_models_own_forward():
@@ -71,6 +73,9 @@ def test_recording_keeps_batch_norm_statistics_and_the_models_own_forward():
     assert calls == []
     forward(x.transpose(2, 3))  # same shape, other strides: copied into the recording's input
     assert calls == [1]
+    model.eval()  # the recording is a training step: an eval-mode model is called directly
+    forward(x)
+    assert calls == [1]
 
 
 def test_logits_only_models_come_back_as_a_tensor():
@@ -82,7 +87,7 @@ def test_logits_only_models_come_back_as_a_tensor():
 
 def _run(fmnist_dir, out, monkeypatch, stand_in=None):
     if stand_in is not None:  # as on one GPU: graphs apply, recorded by the stand-in
-        monkeypatch.setattr(graphed, "unavailable_reason", lambda *args: None)
+        monkeypatch.setattr(graphed, "unavailable_reason", lambda *args, **kwargs: None)
         monkeypatch.setattr(torch.cuda, "make_graphed_callables", stand_in)
     config = resolve_config(flags={**TINY, "data": str(fmnist_dir), "epochs": 2}, overrides=NO_DROPOUT)
     train(config, out=out)
@@ -158,8 +163,23 @@ def test_cuda_graphed_steps_match_eager_steps(dtype, monkeypatch):
 
 
 @cuda_only
-def test_cuda_training_run_records_graphs(fmnist_dir, tmp_path, capsys):
-    config = resolve_config(flags={**TINY, "device": "cuda", "data": str(fmnist_dir), "epochs": 2})
-    result = train(config, out=tmp_path / "run")
-    assert "CUDA graphs: forward and backward" in capsys.readouterr().out
-    assert all(torch.isfinite(torch.tensor(float(r["train_loss"]))) for r in result.history)
+def test_cuda_training_run_with_graphs_matches_one_without(fmnist_dir, tmp_path, capsys, monkeypatch):
+    """The whole loop on the GPU (resident data, bf16, EMA, late flags), graphed and not: a replay
+    that did nothing (e.g. recorded on the wrong device) would leave the weights far apart."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    weights = {}
+    for use_graph in (False, True):
+        # fp32, deterministic cuDNN: the same kernels either way, so the runs agree far more
+        # closely than the weights move in six steps.
+        config = resolve_config(flags={**TINY, "device": "cuda", "data": str(fmnist_dir), "epochs": 2,
+                                       "precision": "fp32"},
+                                overrides=[*NO_DROPOUT, f"cuda_graph={str(use_graph).lower()}"])
+        result = train(config, out=tmp_path / f"run-{use_graph}")
+        assert all(torch.isfinite(torch.tensor(float(r["train_loss"]))) for r in result.history)
+        assert ("CUDA graphs: forward and backward" in capsys.readouterr().out) == use_graph
+        weights[use_graph] = load_file(tmp_path / f"run-{use_graph}" / "model.safetensors")
+    compared = 0
+    for key, eager in weights[False].items():
+        torch.testing.assert_close(weights[True][key].float(), eager.float(), rtol=1e-3, atol=1e-4, msg=key)
+        compared += 1
+    assert compared > 100

@@ -67,6 +67,37 @@ def test_a_requested_stop_is_not_labelled_an_error(signal_name, capsys, monkeypa
     assert err == f"googlenet train: stopped by {signal_name} at step 3; continue with: googlenet train --resume r"
 
 
+@pytest.mark.parametrize("under_torchrun", [False, True])
+def test_a_second_stop_signal_stops_at_once_unless_it_is_the_same_one_repeated_under_torchrun(
+        under_torchrun, monkeypatch, capsys):
+    """A scheduler's SIGTERM can reach a torchrun worker directly and again through torchrun:
+    one request (a checkpoint is still written). Another signal, or a repeat later, or any
+    repeat in a process of its own, is the user insisting: stop at once."""
+    import signal
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        if under_torchrun:
+            monkeypatch.setenv(key, "1" if key == "WORLD_SIZE" else "0")
+        else:
+            monkeypatch.delenv(key, raising=False)
+    with guard.StopSignals() as stops:
+        stops._handle(signal.SIGTERM, None)
+        assert stops.received == signal.SIGTERM
+        if under_torchrun:
+            stops._handle(signal.SIGTERM, None)  # moments later: the same request
+            with pytest.raises(KeyboardInterrupt):
+                stops._handle(signal.SIGINT, None)
+        else:
+            with pytest.raises(KeyboardInterrupt):
+                stops._handle(signal.SIGTERM, None)
+    with guard.StopSignals() as stops:  # a repeat after the grace period is a second request
+        stops._handle(signal.SIGTERM, None)
+        monkeypatch.setattr(guard.time, "monotonic", lambda: 1e12)
+        with pytest.raises(KeyboardInterrupt):
+            stops._handle(signal.SIGTERM, None)
+    assert capsys.readouterr().err.count("SIGTERM received") == 2  # rank 0 says it, once per request
+
+
 def test_late_read_hands_back_a_copy_of_what_was_put_with_its_tag_once():
     late = guard.LateRead()
     assert late.take() is None

@@ -15,10 +15,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import logging
 import os
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -26,6 +28,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..errors import RunError, UserError, first_line
+from ..fileio import atomic_write
 from .loop import Process
 from .recipes import TrainConfig
 
@@ -284,9 +287,18 @@ def report_stop(stop: RunError, rank: int) -> bool:
     if not report or env_world_size() <= 1:
         return False
     if rank == 0:
-        with open(report, "w") as f:
-            f.write(f"{stop.exit_code}\n{stop}\n")
+        atomic_write(report, lambda tmp: Path(tmp).write_text(f"{stop.exit_code}\n{stop}\n"))
     return True
+
+
+def _read_stop_report(path: str) -> tuple[int, str] | None:
+    """(exit code, message) that rank 0 left for the launcher; None if there is none (or it
+    was cut short: rank 0 killed while writing it)."""
+    try:
+        code, message = Path(path).read_text().split("\n", 1)
+        return int(code), message.strip()
+    except (OSError, ValueError):
+        return None
 
 
 def launch_local(nproc: int, train_args: list[str]) -> int:
@@ -305,6 +317,15 @@ def launch_local(nproc: int, train_args: list[str]) -> int:
         raise UserError(f"--nproc must be at least 1, got {nproc}")
     launch = parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "googlenet", "train", *train_args])
     saved_env = dict(os.environ)
+    # torchrun's agent installs its own signal handlers and never puts ours back.
+    saved_handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)}
+    # Its warnings ("Received 2 death signal, shutting down workers", ...) narrate what our own
+    # lines say; its errors (a process that failed) still show. Each of its modules' loggers
+    # has its own level, so each is raised.
+    elastic_logs = {log: log.level for name, log in logging.root.manager.loggerDict.items()
+                    if name.startswith("torch.distributed.elastic") and isinstance(log, logging.Logger)}
+    for log in elastic_logs:
+        log.setLevel(max(log.level, logging.ERROR))
     failed = ""
     with tempfile.TemporaryDirectory(prefix="googlenet-nproc-") as folder:
         report = os.path.join(folder, "stopped")
@@ -324,14 +345,19 @@ def launch_local(nproc: int, train_args: list[str]) -> int:
         finally:
             os.environ.clear()
             os.environ.update(saved_env)
-        if os.path.isfile(report):  # stopped on request, checkpoint saved
-            stop_code, message = open(report).read().split("\n", 1)
-            print(f"googlenet train: {message.strip()}", file=sys.stderr)
-            return int(stop_code)
+            for signum, handler in saved_handlers.items():
+                if handler is not None:  # None: set outside Python, cannot be put back from here
+                    signal.signal(signum, handler)
+            for log, level in elastic_logs.items():
+                log.setLevel(level)
+        stopped = _read_stop_report(report)
+    if stopped is not None:  # stopped on request, checkpoint saved
+        print(f"googlenet train: {stopped[1]}", file=sys.stderr)
+        code = code if failed else stopped[0]
     if failed:
         print(f"googlenet train: error: the {nproc}-process job failed ({failed}); its error is shown above",
               file=sys.stderr)
-    elif code:
+    elif code and stopped is None:
         print(f"googlenet train: the {nproc}-process job was interrupted (exit {code})", file=sys.stderr)
     return code
 

@@ -17,6 +17,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -29,6 +30,9 @@ from ..errors import RunError, UserError, first_line, path_error_kind
 ON_NAN_CHOICES = ("stop", "skip")
 MAX_SKIPS_IN_A_ROW = 20  # that many bad steps in a row: the weights themselves are broken, skipping cannot help
 STOP_SIGNALS = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+# Under torchrun a scheduler's signal can reach a process twice within moments (directly, and
+# passed on by torchrun): that is one request, not the "stop at once" of a second one.
+REPEAT_GRACE_S = 2.0
 
 
 class StopRequested(RunError):
@@ -50,6 +54,7 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self._received_at = 0.0
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "StopSignals":
@@ -64,13 +69,19 @@ class StopSignals:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.received is not None:  # asked twice: stop now, without a checkpoint
-            self.__exit__()
+        from .distributed import env_rank, launched_by_torchrun
+
+        if self.received is not None:
+            if (signum == self.received and launched_by_torchrun()
+                    and time.monotonic() - self._received_at < REPEAT_GRACE_S):
+                return  # the same request delivered twice
+            self.__exit__()  # asked twice: stop now, without a checkpoint
             raise KeyboardInterrupt
-        self.received = signum
-        print(f"\n{STOP_SIGNALS[signum]} received: stopping after the current step and saving a checkpoint "
-              "(send it again to stop at once, losing the work since the last checkpoint)",
-              file=sys.stderr, flush=True)
+        self.received, self._received_at = signum, time.monotonic()
+        if env_rank() == 0:  # one line per job, not per process
+            print(f"\n{STOP_SIGNALS[signum]} received: stopping after the current step and saving a checkpoint "
+                  "(send it again to stop at once, losing the work since the last checkpoint)",
+                  file=sys.stderr, flush=True)
 
     def stopped(self, step: int, run_dir: Path) -> StopRequested:
         name = STOP_SIGNALS.get(self.received or signal.SIGINT, str(self.received))

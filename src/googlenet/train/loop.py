@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.gpu_loader import TensorLoader
 from ..errors import RunError, UserError, first_line
 from ..fileio import atomic_write
 from ..models import GoogLeNetOutputs, googlenet_loss
@@ -191,7 +192,8 @@ class Trainer:
         self.stop_agreed = False  # every process has seen a stop request (the same step on all)
         self.late_flags = guard.LateRead()  # each step's (loss, stop votes), read a step late
         # Forward/backward as CUDA graphs, recorded on the first full batch (None: not yet or not here).
-        self.graph_off = graphed.unavailable_reason(config, self.device, process.world_size)
+        self.graph_off = graphed.unavailable_reason(config, self.device, process.world_size,
+                                                    resident_data=isinstance(self.train_loader, TensorLoader))
         self.graphed: graphed.GraphedForward | None = None
         if payload is not None:
             self._restore(payload)
