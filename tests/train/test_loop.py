@@ -11,7 +11,7 @@ import googlenet
 from googlenet.cli import main
 from googlenet.errors import UserError
 from googlenet.train import Process, resolve_config, train
-from googlenet.train.setup import LRSchedule, build_model, freeze_until
+from googlenet.train.setup import LRSchedule, build_model, build_optimizer, freeze_until
 
 TINY = {"limit_train": 48, "limit_test": 24, "batch_size": 16, "input_size": 12, "device": "cpu"}
 
@@ -51,6 +51,31 @@ def test_budget_fits_the_whole_schedule(fmnist_dir, tmp_path):
     assert saved["step"] == plan["total_steps"] == plan["epoch_ends"][-1] >= 6
     assert float(result.history[-1]["lr"]) == pytest.approx(config.lr * config.final_lr_scale, rel=0.05)
     assert result.seconds < 12 * 3  # generous: other work shares this machine
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_the_fused_optimizer_steps_like_the_per_tensor_one(optimizer):
+    """build_optimizer picks torch's fused kernels (a CPU speed-up): same updates as the
+    textbook per-tensor loop, to float rounding, and the same groups and weight decay."""
+    import copy
+
+    config = resolve_config(overrides=[f"optimizer={optimizer}"])
+    model = googlenet.create_model("googlenet_cifar_fast", num_classes=10, in_chans=1)
+    reference = copy.deepcopy(model)
+    fused = build_optimizer(model, config)
+    assert all(group["fused"] for group in fused.param_groups)
+    groups = [{"params": [p for p in reference.parameters() if p.ndim > 1], "weight_decay": config.weight_decay},
+              {"params": [p for p in reference.parameters() if p.ndim <= 1], "weight_decay": 0.0}]
+    plain = (torch.optim.AdamW(groups, lr=config.lr, foreach=False) if optimizer == "adamw" else
+             torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, foreach=False))
+    for step in range(3):
+        for a, b in zip(model.parameters(), reference.parameters()):
+            a.grad = torch.randn(a.shape, generator=torch.Generator().manual_seed(step)) * 0.01
+            b.grad = a.grad.clone()
+        fused.step()
+        plain.step()
+    for (name, a), b in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
 
 
 def test_schedule_shapes():

@@ -153,6 +153,12 @@ def freeze_until(model: nn.Module, until: str | None) -> list[str]:
 
 
 # ------------------------------------------------------------------ optimisation
+# Devices with torch's fused optimizer kernels (one kernel for all parameters): on the 2-core
+# CPU the SGD step of googlenet_cifar_fast takes 8.5 ms fused against 26.5 ms per-tensor (a
+# batch-32 training step: 348 vs 357 ms); on a GPU, a few launches instead of a dozen foreach ones.
+FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """Weight decay on conv/linear weights only (not biases or batch-norm parameters)."""
     decay, no_decay = [], []
@@ -160,9 +166,12 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    devices = {p.device.type for p in decay + no_decay}
+    fused = len(devices) == 1 and devices <= set(FUSED_OPTIMIZER_DEVICES)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr)
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+        return torch.optim.AdamW(groups, lr=config.lr, fused=fused or None)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+                           fused=fused or None)
 
 
 class LRSchedule:
