@@ -235,19 +235,22 @@ def test_nproc_flag_mistakes_end_before_launching(tmp_path):
     assert "torch.distributed" not in bad.stderr and bad.stderr.count("\n") == 1
 
 
-def test_a_stop_request_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, data):
-    """SIGTERM reaches rank 1 only, during step 6 of 12; each step's flags are read a step late
+@pytest.mark.parametrize("signal_name, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_stop_request_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, data, signal_name, code):
+    """The signal reaches rank 1 only, during step 6 of 12; each step's flags are read a step late
     (the host never waits for the GPU), yet both ranks must agree on one step, save one
-    checkpoint there, and end; --resume then finishes the run."""
+    checkpoint there, and end, rank 0 reporting the signal rank 1 got; --resume then finishes the run."""
     run_dir = tmp_path / "ddp"
     stopped = _run(_command(data, 8, 3, "--nproc", "2", "--out", str(run_dir)),
-                   _env(tmp_path, **{FAIL_HOOK_ENV: "1:5:sigterm"}), timeout=120)
+                   _env(tmp_path, **{FAIL_HOOK_ENV: f"1:5:{signal_name.lower()}"}), timeout=120)
     output = stopped.stdout + stopped.stderr
-    assert stopped.returncode == 143, output[-3000:]  # 128 + SIGTERM, as for one process
-    assert output.count("stopped by SIGTERM at step 7") == 1, output[-3000:]  # said once, by the launcher
+    assert stopped.returncode == code, output[-3000:]  # 128 + the signal, as for one process
+    assert output.count(f"stopped by {signal_name} at step 7") == 1, output[-3000:]  # said once, by the launcher
     assert "ChildFailedError" not in output and "failed" not in output  # a requested stop is not a crash
     state = _checkpoint(run_dir)
     assert (state["epoch"], state["step"]) == (1, 7)
+    if signal_name == "SIGINT":
+        return  # resuming is the same after either
     resumed = _run([sys.executable, "-m", "googlenet", "train", "--resume", str(run_dir)], _env(tmp_path))
     assert resumed.returncode == 0, resumed.stderr
     assert _checkpoint(run_dir)["step"] == 12 and (run_dir / "model.safetensors").is_file()

@@ -33,7 +33,7 @@ from .loop import Process
 from .recipes import TrainConfig
 
 # Test hook: "RANK:STEP" makes that rank exit abruptly (os._exit(1)) after that many training
-# steps, to check that the whole job then ends non-zero in bounded time; "RANK:STEP:sigterm"
+# steps, to check that the whole job then ends non-zero in bounded time; "RANK:STEP:sigterm" (or sigint)
 # makes it send itself SIGTERM instead (the other ranks are not signalled), to check that
 # every rank still stops at the same step with a checkpoint.
 FAIL_HOOK_ENV = "GOOGLENET_TEST_FAIL_AT"
@@ -187,9 +187,9 @@ def _install_fail_hook(model: nn.Module, rank: int) -> None:
     def hook(module: nn.Module, inputs: Any) -> None:
         if module.training:
             calls["train"] += 1
-            if calls["train"] == int(fail_step) + 1 and how == ["sigterm"]:
-                os.kill(os.getpid(), signal.SIGTERM)
-            elif calls["train"] > int(fail_step) and how != ["sigterm"]:
+            if calls["train"] == int(fail_step) + 1 and how in (["sigterm"], ["sigint"]):
+                os.kill(os.getpid(), signal.SIGTERM if how == ["sigterm"] else signal.SIGINT)
+            elif calls["train"] > int(fail_step) and not how:
                 print(f"rank {rank}: {FAIL_HOOK_ENV}={spec}: exiting abruptly (test hook)", file=sys.stderr,
                       flush=True)
                 os._exit(1)
