@@ -8,7 +8,7 @@
 #   tests       the GPU tests (pytest -k "cuda or gpu"): CUDA graphs exact, bf16 fused train
 #               step, loader without host syncs, every bench case at tiny size, graphed training
 #               steps against eager ones -- seconds, and they say whether the figures below come
-#               from working code (if the graphed training tests fail, fmnist trains without graphs)
+#               from working code (if the graphed training tests fail, the training runs go without graphs)
 #   latency     googlenet bench: batch-1 bf16 latency, ours (CUDA graph) vs torchvision
 #               (eager, and replayed as a CUDA graph by the same runner)
 #   throughput  googlenet bench: bf16 inference img/s at batch 256, 224 px, ours compiled vs

@@ -98,6 +98,27 @@ def test_a_second_stop_signal_stops_at_once_unless_it_is_the_same_one_repeated_u
     assert capsys.readouterr().err.count("SIGTERM received") == 2  # rank 0 says it, once per request
 
 
+def test_stop_votes_sum_over_processes_and_name_the_signal():
+    import signal
+
+    votes = []
+    for got in (None, signal.SIGTERM, signal.SIGINT, signal.SIGTERM):
+        voter = guard.StopSignals()
+        voter.received = got
+        votes.append(voter.vote())
+    assert votes[0] == 0 and sum(votes) > 0
+    quiet = guard.StopSignals()
+    quiet.join(sum(votes))
+    assert quiet.received == signal.SIGINT  # any Ctrl-C among them
+    quiet = guard.StopSignals()
+    quiet.join(votes[1] + votes[3])
+    assert quiet.received == signal.SIGTERM
+    asked = guard.StopSignals()
+    asked.received = signal.SIGTERM
+    asked.join(sum(votes))
+    assert asked.received == signal.SIGTERM  # its own signal stands
+
+
 def test_late_read_hands_back_a_copy_of_what_was_put_with_its_tag_once():
     late = guard.LateRead()
     assert late.take() is None

@@ -33,6 +33,9 @@ STOP_SIGNALS = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
 # Under torchrun a scheduler's signal can reach a process twice within moments (directly, and
 # passed on by torchrun): that is one request, not the "stop at once" of a second one.
 REPEAT_GRACE_S = 2.0
+# Stop votes, summed over the processes of a job: a SIGINT's counts 1, a SIGTERM's this much, so
+# the sum still tells whether any process got a Ctrl-C (exact in float32 up to 16k processes).
+STOP_VOTE_SIGTERM = 1024
 
 
 class StopRequested(RunError):
@@ -82,6 +85,18 @@ class StopSignals:
             print(f"\n{STOP_SIGNALS[signum]} received: stopping after the current step and saving a checkpoint "
                   "(send it again to stop at once, losing the work since the last checkpoint)",
                   file=sys.stderr, flush=True)
+
+    def vote(self) -> float:
+        """This process's stop vote: 0 (no request), 1 (SIGINT) or STOP_VOTE_SIGTERM."""
+        if self.received is None:
+            return 0.0
+        return 1.0 if self.received == signal.SIGINT else float(STOP_VOTE_SIGTERM)
+
+    def join(self, votes: float) -> None:
+        """The job's summed votes (> 0): a process not signalled itself takes SIGINT if any
+        process got one, else SIGTERM, so every process reports the same signal."""
+        if self.received is None:
+            self.received = signal.SIGINT if int(votes) % STOP_VOTE_SIGTERM else signal.SIGTERM
 
     def stopped(self, step: int, run_dir: Path) -> StopRequested:
         name = STOP_SIGNALS.get(self.received or signal.SIGINT, str(self.received))

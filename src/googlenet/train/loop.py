@@ -43,8 +43,6 @@ CALIBRATION_STEPS = {"cpu": 6, "cuda": 28}  # steps timed to fit a budget (the f
 # GPU runs the one before, as in training (a step timed alone has the two back to back).
 CALIBRATION_BLOCK = {"cpu": 1, "cuda": 4}
 REPLAN_AFTER_EPOCH = 2  # a budget run refits its remaining steps once, with what epochs 1-2 cost
-# A SIGTERM's stop vote (a SIGINT's is 1): sums stay exact in float32 up to 16k processes.
-STOP_VOTE_SIGTERM = 1024.0
 PER_EPOCH_SHARE = 0.15  # at most this share of a budget's time left goes to per-epoch tests and checkpoints
 
 
@@ -395,7 +393,7 @@ class Trainer:
         """(summed loss, stop votes) of this step over every process: one small all-reduce, no sync."""
         # new_full fills on the device; torch.tensor(..., device="cuda") would be a
         # synchronising host-to-device copy per step.
-        stop_flag = step_loss.new_full((), self._stop_vote(), dtype=torch.float32)
+        stop_flag = step_loss.new_full((), self.stop_signals.vote(), dtype=torch.float32)
         return self.process.all_reduce_sum(torch.stack([step_loss.float(), stop_flag]))
 
     def _apply_flags(self, read: tuple[list, tuple[int, int]] | None, buffers: list[Tensor] | None = None) -> bool:
@@ -422,7 +420,7 @@ class Trainer:
     def _agree_to_stop(self) -> bool:
         """At an epoch's end: has any process been asked to stop? (All of them answer alike.)"""
         if not self._stopping() and self.process.world_size > 1:
-            asked = torch.tensor(self._stop_vote(), device=self.device)
+            asked = torch.tensor(self.stop_signals.vote(), device=self.device)
             votes = float(self.process.all_reduce_sum(asked))
             if votes > 0:
                 self._stop_voted(votes)
@@ -434,22 +432,9 @@ class Trainer:
         self.process.barrier()
         raise self.stop_signals.stopped(self.step, self.run_dir)
 
-    def _stop_vote(self) -> float:
-        """This process's stop vote: 0 (none), 1 (SIGINT) or STOP_VOTE_SIGTERM. Votes are summed
-        over the processes, and the sum still tells whether any of them got a Ctrl-C."""
-        import signal
-
-        received = self.stop_signals.received
-        return 0.0 if received is None else 1.0 if received == signal.SIGINT else STOP_VOTE_SIGTERM
-
     def _stop_voted(self, votes: float) -> None:
-        """Stop with the others; a process not signalled itself reports what they received
-        (SIGINT if any of them got one)."""
-        import signal
-
         self.stop_agreed = True
-        if self.stop_signals.received is None:
-            self.stop_signals.received = signal.SIGINT if int(votes) % int(STOP_VOTE_SIGTERM) else signal.SIGTERM
+        self.stop_signals.join(votes)  # a process not signalled itself reports what the others got
 
     # ---------------------------------------------------------------- budget
     def _plan_budget(self) -> Plan:
