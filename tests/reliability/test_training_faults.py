@@ -89,7 +89,10 @@ def test_sigint_saves_a_checkpoint_mid_epoch_and_resume_finishes(fmnist, tmp_pat
     assert [int(r["images"]) for r in rows] == [32, 32, 32]  # the stopped epoch counted in full
 
 
-def test_sigterm_from_outside_stops_cleanly_with_exit_143(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_from_outside_stops_cleanly_with_exit_143(tmp_path, signum):
+    """A scheduler's SIGTERM, or a SIGHUP sent with `kill -HUP` (output going to a file or pipe,
+    which the hangup handling leaves alone)."""
     data = write_fashion_mnist(tmp_path / "fm")
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GOOGLENET_CACHE": str(tmp_path / "cache"), "MPLBACKEND": "Agg"}
@@ -100,12 +103,12 @@ def test_sigterm_from_outside_stops_cleanly_with_exit_143(tmp_path):
         for line in child.stdout:  # wait until a training epoch has ended
             if line.startswith("epoch 1/"):
                 break
-        child.send_signal(signal.SIGTERM)
+        child.send_signal(signum)
         _, err = child.communicate(timeout=120)
     finally:
         child.kill()
-    assert child.returncode == 143, err
-    assert "stopped by SIGTERM" in err and f"--resume {run}" in err and "Traceback" not in err
+    assert child.returncode == 128 + signum, err
+    assert f"stopped by {signal.Signals(signum).name}" in err and f"--resume {run}" in err and "Traceback" not in err
     state = _checkpoint(run)
     assert 1 <= state["epoch"] < 20 and state["step"] >= STEPS_PER_EPOCH
 
@@ -248,22 +251,30 @@ def test_a_second_process_on_the_same_run_folder_is_refused(fmnist, tmp_path, ca
     assert main(["train", "--resume", str(run / "last.pt")]) == 0  # free again; RUN/last.pt names the run too
 
 
-def test_ctrl_c_to_the_process_group_with_loader_workers_stops_cleanly(tmp_path):
-    """A terminal's Ctrl-C reaches every process of the group, DataLoader workers included."""
+def _image_folder(root: Path) -> Path:
+    """Two classes of tiny PNGs in train/ and val/: data read by DataLoader worker processes."""
     from PIL import Image
 
-    root = tmp_path / "imgs"
     for split in ("train", "val"):
         for k, name in enumerate(("a", "b")):
             (root / split / name).mkdir(parents=True)
             for i in range(16 if split == "train" else 2):
                 Image.new("RGB", (12, 12), (100 * k, 10 * i, 50)).save(root / split / name / f"{i}.png")
+    return root
+
+
+def _image_folder_run(root: Path, run: Path, epochs: int = 30) -> list[str]:
+    return [sys.executable, "-m", "googlenet", "train", "--dataset", "imagefolder", "--data", str(root), "--model",
+            "googlenet_cifar", "--workers", "2", "--input-size", "8", "--batch-size", "4", "--epochs", str(epochs),
+            "--device", "cpu", "--set", "aux_logits=false", "--set", "ema=false", "--out", str(run)]
+
+
+def test_ctrl_c_to_the_process_group_with_loader_workers_stops_cleanly(tmp_path):
+    """A terminal's Ctrl-C reaches every process of the group, DataLoader workers included."""
+    root = _image_folder(tmp_path / "imgs")
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    child = subprocess.Popen([sys.executable, "-m", "googlenet", "train", "--dataset", "imagefolder", "--data",
-                              str(root), "--model", "googlenet_cifar", "--workers", "2", "--input-size", "8",
-                              "--batch-size", "4", "--epochs", "30", "--device", "cpu", "--set", "aux_logits=false",
-                              "--set", "ema=false", "--out", str(run)], env=env, stdout=subprocess.PIPE,
+    child = subprocess.Popen(_image_folder_run(root, run), env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         for line in child.stdout:
@@ -277,3 +288,97 @@ def test_ctrl_c_to_the_process_group_with_loader_workers_stops_cleanly(tmp_path)
     assert child.returncode == 130, err
     assert "stopped by SIGINT" in err and "Traceback" not in err and "exited unexpectedly" not in err, err
     assert _checkpoint(run)["step"] >= 4
+
+
+def _wait(pid: int, timeout: float) -> int:
+    """Exit code of child `pid` (128 + N for a death by signal N), killing it after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            code = os.waitstatus_to_exitcode(status)
+            return 128 - code if code < 0 else code
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"the run did not end within {timeout} s of the hangup")
+
+
+def test_a_closed_terminal_stops_cleanly_with_exit_129(tmp_path):
+    """The ssh session or terminal window a run was started from goes away: the kernel hangs the
+    terminal up and sends SIGHUP to its foreground processes (DataLoader workers included), and
+    from then on every write to it fails. Without a handler that SIGHUP kills the run outright."""
+    import pty
+    import select
+
+    root = _image_folder(tmp_path / "imgs")
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    pid, terminal = pty.fork()  # the child runs on a terminal of its own, as its session leader
+    if pid == 0:  # child: nothing but exec (a forked pytest must not go on)
+        try:
+            os.execve(sys.executable, _image_folder_run(root, run), env)
+        finally:
+            os._exit(127)
+    seen, deadline = b"", time.monotonic() + 120
+    try:
+        while b"epoch 1/" not in seen and time.monotonic() < deadline:
+            if select.select([terminal], [], [], 1.0)[0]:
+                try:
+                    seen += os.read(terminal, 4096)
+                except OSError:  # the child has ended and closed its side
+                    break
+        assert b"epoch 1/" in seen, seen.decode(errors="replace")[-2000:]
+        time.sleep(1.0)  # into epoch 2, while its loader workers run
+    finally:
+        os.close(terminal)  # the terminal goes away: hangup
+    code = _wait(pid, timeout=120)
+    assert code == 129, seen.decode(errors="replace")[-2000:]
+    state = _checkpoint(run)
+    assert 1 <= state["epoch"] < 30 and state["step"] >= 4
+    assert "Traceback" not in (run / "metrics.csv").read_text()
+
+
+def test_output_piped_to_a_reader_that_ends_stops_cleanly_with_exit_141(tmp_path):
+    """`googlenet train | tee log`, and tee ends (killed, or `| head`): the next print would fail
+    with EPIPE and end the run without a checkpoint. Instead the output is dropped and the run
+    stops as if asked, saving its checkpoint; stderr, still readable, says so."""
+    data = write_fashion_mnist(tmp_path / "fm")
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GOOGLENET_CACHE": str(tmp_path / "cache"), "MPLBACKEND": "Agg"}
+    child = subprocess.Popen([sys.executable, "-m", "googlenet", "train", "--data", str(data), *TINY, "--epochs",
+                              "20", "--out", str(run)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        for line in child.stdout:
+            if line.startswith("epoch 1/"):
+                break
+        child.stdout.close()  # the reader ends
+        err = child.stderr.read()
+        child.wait(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 128 + signal.SIGPIPE, err
+    assert "stopped because its output went away" in err and f"--resume {run}" in err and "Traceback" not in err
+    state = _checkpoint(run)
+    assert 1 <= state["epoch"] < 20
+
+
+def test_a_run_started_under_nohup_ignores_sighup_and_finishes(tmp_path):
+    """`nohup googlenet train ...` sets SIGHUP to be ignored; the run must keep that wish."""
+    data = write_fashion_mnist(tmp_path / "fm")
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GOOGLENET_CACHE": str(tmp_path / "cache"), "MPLBACKEND": "Agg"}
+    child = subprocess.Popen(["nohup", sys.executable, "-m", "googlenet", "train", "--data", str(data), *TINY,
+                              "--epochs", "3", "--out", str(run)], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        for line in child.stdout:
+            if line.startswith("epoch 1/"):
+                break
+        child.send_signal(signal.SIGHUP)
+        _, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 0, err
+    assert _checkpoint(run)["epoch"] == 3 and (run / "model.safetensors").is_file()

@@ -119,6 +119,41 @@ def test_stop_votes_sum_over_processes_and_name_the_signal():
     assert asked.received == signal.SIGTERM  # its own signal stands
 
 
+def test_output_that_goes_away_asks_for_a_stop_instead_of_failing_the_write(tmp_path, monkeypatch):
+    """The reader of a pipe the run writes to ends (`googlenet train | tee log`, tee killed): the
+    write that fails (EPIPE) is swallowed, later writes go to /dev/null, and the run is asked to
+    stop (reported as SIGPIPE); a signal after that is still a first request, not "stop at once"."""
+    import signal
+
+    read_end, write_end = os.pipe()
+    stream = os.fdopen(write_end, "w")
+    stops = guard.StopSignals()
+    watched = guard._OutputWatch(stream, stops._output_lost)
+    watched.write("epoch 1\n")
+    watched.flush()
+    assert os.read(read_end, 100) == b"epoch 1\n" and stops.received is None
+    os.close(read_end)
+    watched.write("epoch 2\n")
+    watched.flush()  # EPIPE here, swallowed
+    assert stops.received == signal.SIGPIPE
+    assert os.path.samestat(os.fstat(stream.fileno()), os.stat(os.devnull))
+    watched.write("epoch 3\n")
+    watched.flush()
+    assert stops.vote() == guard.STOP_VOTE_SIGTERM
+    monkeypatch.setattr(guard, "detach_from_terminal", lambda: None)  # pytest's own terminal stays
+    stops._handle(signal.SIGHUP, None)  # the terminal's hangup arriving just after: not a second request
+    assert stops.received == signal.SIGHUP
+    assert str(stops.stopped(7, tmp_path)).startswith("stopped by SIGHUP at step 7")
+    stops.received = signal.SIGPIPE
+    assert "output went away" in str(stops.stopped(7, tmp_path))
+    stream.close()
+
+    other = guard._OutputWatch(open(tmp_path / "f", "w"), stops._output_lost)
+    other.close()
+    with pytest.raises(ValueError):  # other failures are not claimed
+        other.write("x")
+
+
 def test_late_read_hands_back_a_copy_of_what_was_put_with_its_tag_once():
     late = guard.LateRead()
     assert late.take() is None

@@ -21,7 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                "  googlenet train --dataset cifar10 --data ~/data   # cifar-10-batches-py/ in ~/data\n"
                "  googlenet train --dataset imagefolder --data DIR --weights imagenet --freeze 4e\n"
                "  googlenet train --epochs 5 --set label_smoothing=0 --set erasing=0.5\n"
-               "  googlenet train --resume runs/demo                # continue a stopped run")
+               "  googlenet train --resume runs/demo                # continue a stopped run\n"
+               "\nCtrl-C, SIGTERM or a closed terminal (SIGHUP) stops after the current step and saves a "
+               "checkpoint first (exit 130/143/129); --resume continues from it. Under nohup the run "
+               "outlives its terminal.")
     p.add_argument("--recipe", help="paper | fmnist | cifar | finetune (default: chosen by the dataset)")
     p.add_argument("--config", metavar="FILE.yaml", help="a YAML file of config keys")
     p.add_argument("--model", help="a registered model (googlenet list-models)")

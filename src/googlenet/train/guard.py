@@ -1,8 +1,10 @@
 """What keeps a long run's work when something goes wrong: stop signals, non-finite losses,
 failed saves and the leftovers of a killed one.
 
-- `StopSignals`: the first SIGINT/SIGTERM asks the loop to stop after the current step and
-  save a checkpoint; a second one stops at once (KeyboardInterrupt).
+- `StopSignals`: the first SIGINT/SIGTERM/SIGHUP asks the loop to stop after the current step
+  and save a checkpoint; a second one stops at once (KeyboardInterrupt). Output that goes away
+  (the reader of a pipe has ended, the terminal hung up) asks for the same clean stop instead
+  of failing the next print.
 - `NonFiniteGuard`: the --on-nan policy. "stop" ends the run before a NaN/Inf loss can reach
   a checkpoint; "skip" drops that step's update and counts it.
 - `LateRead`: a step's flags (summed loss, stop votes) read on the host one step late, so
@@ -12,9 +14,11 @@ failed saves and the leftovers of a killed one.
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
+import stat
 import sys
 import threading
 import time
@@ -29,12 +33,14 @@ from ..errors import RunError, UserError, first_line, path_error_kind
 
 ON_NAN_CHOICES = ("stop", "skip")
 MAX_SKIPS_IN_A_ROW = 20  # that many bad steps in a row: the weights themselves are broken, skipping cannot help
-STOP_SIGNALS = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+# SIGHUP: the terminal or ssh session the run was started from has gone away.
+STOP_SIGNALS = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
 # Under torchrun a scheduler's signal can reach a process twice within moments (directly, and
 # passed on by torchrun): that is one request, not the "stop at once" of a second one.
 REPEAT_GRACE_S = 2.0
 # Stop votes, summed over the processes of a job: a SIGINT's counts 1, a SIGTERM's this much, so
 # the sum still tells whether any process got a Ctrl-C (exact in float32 up to 16k processes).
+# A SIGHUP's counts as a SIGTERM's: both mean "this job's session is ending", not a Ctrl-C.
 STOP_VOTE_SIGTERM = 1024
 
 
@@ -48,46 +54,121 @@ class StopRequested(RunError):
         self.exit_code = 128 + int(signum)
 
 
+def detach_from_terminal() -> None:
+    """Point whichever of stdin/stdout/stderr is a terminal at /dev/null.
+
+    After a hangup every write to the terminal fails (EIO), and the loop still has a step, a
+    progress bar and a checkpoint line to get through before it stops. A hung-up terminal no
+    longer answers isatty() (that ioctl fails with EIO too), so any character device counts;
+    a file or pipe the user redirected the output to is left alone."""
+    with open(os.devnull, "r+b") as devnull:
+        for fd in (0, 1, 2):
+            try:
+                if stat.S_ISCHR(os.fstat(fd).st_mode):
+                    os.dup2(devnull.fileno(), fd)
+            except OSError:
+                pass  # that descriptor is closed: nothing to protect
+
+
+# The errors of a write whose reader has gone: a pipe's (EPIPE), a hung-up terminal's (EIO).
+LOST_OUTPUT_ERRNOS = (errno.EPIPE, errno.EIO)
+
+
+class _OutputWatch:
+    """sys.stdout/sys.stderr during a run: a write that fails because the output has gone
+    points that descriptor at /dev/null and asks for a stop instead of raising, so a
+    `googlenet train | tee log` whose tee has ended still saves its checkpoint."""
+
+    def __init__(self, stream: Any, lost: Any) -> None:
+        self._stream, self._lost = stream, lost
+
+    def _guarded(self, call: Any, *args: Any) -> Any:
+        try:
+            return call(*args)
+        except OSError as error:
+            if error.errno not in LOST_OUTPUT_ERRNOS:
+                raise
+            try:
+                with open(os.devnull, "wb") as devnull:
+                    os.dup2(devnull.fileno(), self._stream.fileno())
+            except (OSError, ValueError):
+                pass  # no descriptor of its own: the stream stays, its next failure lands here again
+            self._lost()
+            return len(args[0]) if args else None
+
+    def write(self, text: str) -> int:
+        return self._guarded(self._stream.write, text)
+
+    def flush(self) -> None:
+        self._guarded(self._stream.flush)
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, ...: the stream's own
+        return getattr(self._stream, name)
+
+
 class StopSignals:
-    """Context manager that turns the first SIGINT/SIGTERM into a flag the loop checks.
+    """Context manager that turns the first SIGINT/SIGTERM/SIGHUP into a flag the loop checks.
 
     Handlers are installed only in the main thread (Python's rule) and the previous ones
-    are restored on exit, so the API can run inside other programs.
+    are restored on exit, so the API can run inside other programs. A SIGHUP that is being
+    ignored (the run was started under `nohup`) stays ignored: the user asked for the run to
+    outlive its terminal. Lost output (see `_OutputWatch`) is a stop request too, reported
+    as SIGPIPE; a signal that comes after it is still the first one, not the "at once" second.
     """
 
     def __init__(self) -> None:
         self.received: int | None = None
         self._received_at = 0.0
         self._previous: dict[int, object] = {}
+        self._streams: tuple[Any, Any] | None = None
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
+                if signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN:
+                    continue
                 self._previous[signum] = signal.signal(signum, self._handle)
+            self._streams = (sys.stdout, sys.stderr)
+            if sys.stdout is not None:  # None: started without one (print() then writes nothing)
+                sys.stdout = _OutputWatch(sys.stdout, self._output_lost)
+            if sys.stderr is not None:
+                sys.stderr = _OutputWatch(sys.stderr, self._output_lost)
         return self
 
     def __exit__(self, *exc) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+        if self._streams is not None:
+            sys.stdout, sys.stderr = self._streams
+            self._streams = None
+
+    def _output_lost(self) -> None:
+        if self.received is None:
+            self.received, self._received_at = signal.SIGPIPE, time.monotonic()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         from .distributed import env_rank, launched_by_torchrun
 
-        if self.received is not None:
+        if self.received is not None and self.received != signal.SIGPIPE:
             if (signum == self.received and launched_by_torchrun()
                     and time.monotonic() - self._received_at < REPEAT_GRACE_S):
                 return  # the same request delivered twice
             self.__exit__()  # asked twice: stop now, without a checkpoint
             raise KeyboardInterrupt
         self.received, self._received_at = signum, time.monotonic()
+        if signum == signal.SIGHUP:
+            detach_from_terminal()
         if env_rank() == 0:  # one line per job, not per process
-            print(f"\n{STOP_SIGNALS[signum]} received: stopping after the current step and saving a checkpoint "
-                  "(send it again to stop at once, losing the work since the last checkpoint)",
-                  file=sys.stderr, flush=True)
+            try:
+                print(f"\n{STOP_SIGNALS[signum]} received: stopping after the current step and saving a "
+                      "checkpoint (send it again to stop at once, losing the work since the last checkpoint)",
+                      file=sys.stderr, flush=True)
+            except OSError:  # stderr has gone too; raised here, it would land in whatever code was running
+                pass
 
     def vote(self) -> float:
-        """This process's stop vote: 0 (no request), 1 (SIGINT) or STOP_VOTE_SIGTERM."""
+        """This process's stop vote: 0 (no request), 1 (SIGINT) or STOP_VOTE_SIGTERM (any other)."""
         if self.received is None:
             return 0.0
         return 1.0 if self.received == signal.SIGINT else float(STOP_VOTE_SIGTERM)
@@ -99,9 +180,11 @@ class StopSignals:
             self.received = signal.SIGINT if int(votes) % STOP_VOTE_SIGTERM else signal.SIGTERM
 
     def stopped(self, step: int, run_dir: Path) -> StopRequested:
-        name = STOP_SIGNALS.get(self.received or signal.SIGINT, str(self.received))
-        return StopRequested(f"stopped by {name} at step {step}; checkpoint saved in {run_dir / 'last.pt'}; "
-                             f"continue with: googlenet train --resume {run_dir}", self.received or signal.SIGINT)
+        signum = self.received or signal.SIGINT
+        why = ("because its output went away (SIGPIPE: the pipe's reader ended or the terminal closed)"
+               if signum == signal.SIGPIPE else f"by {signal.Signals(signum).name}")
+        return StopRequested(f"stopped {why} at step {step}; checkpoint saved in {run_dir / 'last.pt'}; "
+                             f"continue with: googlenet train --resume {run_dir}", signum)
 
 
 class NonFiniteGuard:

@@ -166,6 +166,9 @@ class Trainer:
         if model.in_chans != self.info.in_chans:  # grey data into an RGB model: repeat the channel
             self.train_loader, self.test_loader, self.info = build_loaders(
                 config, self.device, model.in_chans, process.rank, process.world_size)
+        # The whole dataset sits on the device as tensors (TensorLoader), augmented a batch at a
+        # time; otherwise a DataLoader decodes image files in worker processes.
+        self.resident_data = isinstance(self.train_loader, TensorLoader)
         self.frozen = freeze_until(model, config.freeze)
         if self.frozen:
             self.say(f"frozen: {self.frozen[0]} .. {self.frozen[-1]} (weights and batch-norm statistics)")
@@ -188,12 +191,12 @@ class Trainer:
         self._epoch_sums = self._zero_sums()
         self.tensorboard = None
         self.nan_guard = guard.NonFiniteGuard(config.on_nan, config.lr)
-        self.stop_signals = guard.StopSignals()  # SIGINT/SIGTERM: checkpoint, then stop
+        self.stop_signals = guard.StopSignals()  # SIGINT/SIGTERM/SIGHUP: checkpoint, then stop
         self.stop_agreed = False  # every process has seen a stop request (the same step on all)
         self.late_flags = guard.LateRead()  # each step's (loss, stop votes), read a step late
         # Forward/backward as CUDA graphs, recorded on the first full batch (None: not yet or not here).
         self.graph_off = graphed.unavailable_reason(config, self.device, process.world_size,
-                                                    resident_data=isinstance(self.train_loader, TensorLoader))
+                                                    resident_data=self.resident_data)
         self.graphed: graphed.GraphedForward | None = None
         if payload is not None:
             self._restore(payload)
@@ -464,7 +467,7 @@ class Trainer:
             batch = self.test_loader.batch_size
             eval_subset = max(batch, int(per_epoch_eval_share * eval_rate / (epochs - 1)) // batch * batch)
             eval_subset = min(eval_subset, test_images)
-        light = total < per_pass and hasattr(self.train_loader, "augment")
+        light = total < per_pass and self.resident_data  # only the resident loader's batch augment can change
         plan = Plan(epochs, total, ends, eval_subset, float(per_pass), light)
         subset_note = f", per-epoch test on the first {eval_subset} images" if eval_subset else ""
         if light:
@@ -553,7 +556,7 @@ class Trainer:
     def _apply_light_augment(self) -> None:
         # Crops and erasing pay off over many passes; a run that sees each image less than
         # once learns faster on clean images (the model underfits, there is nothing to regularise).
-        if self.plan.light_augment and hasattr(self.train_loader, "augment"):
+        if self.plan.light_augment and self.resident_data:
             from ..data.gpu_loader import BatchAugment
 
             self.train_loader.augment = BatchAugment(flip=self.config.flip)
