@@ -68,18 +68,26 @@ class GraphedForward:
         # Capturing runs a few warm-up forwards, which would move the batch-norm running
         # statistics by extra momentum steps: put them back afterwards.
         buffers = guard.buffers_snapshot(model)
+        # They also draw dropout masks: put the random stream back too, so that a run and its
+        # --resume (which records again, at another step) draw the same masks afterwards.
+        on_cuda = sample.device.type == "cuda"
+        rng = torch.cuda.get_rng_state(sample.device) if on_cuda else torch.get_rng_state()
         # Autocast's weight cache would freeze the bf16 copies of the weights inside the
         # graph (make_graphed_callables refuses it): cast inside the graph at every replay.
         cast = (torch.autocast(sample.device.type, dtype=dtype, cache_enabled=False)
                 if dtype is not None else contextlib.nullcontext())
         # The recording stream is made on the current device: make that the sample's (cuda:1 ...),
         # else the work runs unrecorded and every replay would return the recording step's results.
-        on_device = torch.cuda.device(sample.device) if sample.device.type == "cuda" else contextlib.nullcontext()
+        on_device = torch.cuda.device(sample.device) if on_cuda else contextlib.nullcontext()
         try:
             with on_device, cast:
                 self.graphed = make_graphed(_TrainForward(model), (sample.detach().clone(),))
         finally:
             guard.restore_buffers(model, buffers)
+            if on_cuda:
+                torch.cuda.set_rng_state(rng, sample.device)
+            else:
+                torch.set_rng_state(rng)
 
     def matches(self, x: Tensor) -> bool:
         # Strides may differ: the replay copies the batch into the recorded input first.
