@@ -89,20 +89,27 @@ def test_sigint_saves_a_checkpoint_mid_epoch_and_resume_finishes(fmnist, tmp_pat
     assert [int(r["images"]) for r in rows] == [32, 32, 32]  # the stopped epoch counted in full
 
 
+def _child_run_past_epoch_1(tmp_path: Path, epochs: int = 20, prefix: tuple[str, ...] = ()):
+    """A tiny `googlenet train` in a child process (stdout and stderr piped), returned once it
+    has printed its first epoch's line, with its run folder."""
+    data = write_fashion_mnist(tmp_path / "fm")
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GOOGLENET_CACHE": str(tmp_path / "cache"), "MPLBACKEND": "Agg"}
+    child = subprocess.Popen([*prefix, sys.executable, "-m", "googlenet", "train", "--data", str(data), *TINY,
+                              "--epochs", str(epochs), "--out", str(run)], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    for line in child.stdout:  # wait until a training epoch has ended
+        if line.startswith("epoch 1/"):
+            break
+    return child, run
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_sigterm_from_outside_stops_cleanly_with_exit_143(tmp_path, signum):
     """A scheduler's SIGTERM, or a SIGHUP sent with `kill -HUP` (output going to a file or pipe,
     which the hangup handling leaves alone)."""
-    data = write_fashion_mnist(tmp_path / "fm")
-    run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GOOGLENET_CACHE": str(tmp_path / "cache"), "MPLBACKEND": "Agg"}
-    child = subprocess.Popen([sys.executable, "-m", "googlenet", "train", "--data", str(data), *TINY, "--epochs",
-                              "20", "--out", str(run)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+    child, run = _child_run_past_epoch_1(tmp_path)
     try:
-        for line in child.stdout:  # wait until a training epoch has ended
-            if line.startswith("epoch 1/"):
-                break
         child.send_signal(signum)
         _, err = child.communicate(timeout=120)
     finally:
@@ -343,16 +350,8 @@ def test_output_piped_to_a_reader_that_ends_stops_cleanly_with_exit_141(tmp_path
     """`googlenet train | tee log`, and tee ends (killed, or `| head`): the next print would fail
     with EPIPE and end the run without a checkpoint. Instead the output is dropped and the run
     stops as if asked, saving its checkpoint; stderr, still readable, says so."""
-    data = write_fashion_mnist(tmp_path / "fm")
-    run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GOOGLENET_CACHE": str(tmp_path / "cache"), "MPLBACKEND": "Agg"}
-    child = subprocess.Popen([sys.executable, "-m", "googlenet", "train", "--data", str(data), *TINY, "--epochs",
-                              "20", "--out", str(run)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+    child, run = _child_run_past_epoch_1(tmp_path)
     try:
-        for line in child.stdout:
-            if line.startswith("epoch 1/"):
-                break
         child.stdout.close()  # the reader ends
         err = child.stderr.read()
         child.wait(timeout=120)
@@ -366,16 +365,8 @@ def test_output_piped_to_a_reader_that_ends_stops_cleanly_with_exit_141(tmp_path
 
 def test_a_run_started_under_nohup_ignores_sighup_and_finishes(tmp_path):
     """`nohup googlenet train ...` sets SIGHUP to be ignored; the run must keep that wish."""
-    data = write_fashion_mnist(tmp_path / "fm")
-    run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GOOGLENET_CACHE": str(tmp_path / "cache"), "MPLBACKEND": "Agg"}
-    child = subprocess.Popen(["nohup", sys.executable, "-m", "googlenet", "train", "--data", str(data), *TINY,
-                              "--epochs", "3", "--out", str(run)], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    child, run = _child_run_past_epoch_1(tmp_path, epochs=3, prefix=("nohup",))
     try:
-        for line in child.stdout:
-            if line.startswith("epoch 1/"):
-                break
         child.send_signal(signal.SIGHUP)
         _, err = child.communicate(timeout=120)
     finally:
