@@ -119,6 +119,40 @@ def test_bench_runs_only_the_cases_asked_for(monkeypatch):
         run_bench("cpu", settings=TINY_SETTINGS, cases=["inference"])
 
 
+def test_a_contender_that_fails_to_compile_costs_itself_not_the_row(monkeypatch):
+    """On the GPU each row compiles (a minute each there); an inductor failure must not lose the
+    row's other timings: the failed contender is dropped, or ours timed uncompiled, with a note."""
+    def broken_compile(model, *args, **kwargs):
+        def call(*a, **k):
+            raise RuntimeError("inductor exploded\nlong traceback")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: setattr(self, "forward", broken_compile(self)))
+    s = dataclasses.replace(TINY_SETTINGS, input_size=32)
+    row = bench.bench_inference(torch.device("cpu"), 2, s, compile_ours=True, compile_tv=True)
+    assert row.ours > 0 and row.torchvision > 0 and row.exact is True
+    assert "compiled" not in row.ours_path and row.torchvision_path in ("eager NCHW", "eager channels_last")
+    assert row.notes == ["compiling ours failed (inductor exploded); not compared",
+                         "compiling torchvision failed (inductor exploded); not compared"]
+    s = dataclasses.replace(s, train_batch=2, input_size=32, compile_torchvision=True)
+    train = bench.bench_train_224(torch.device("cpu"), s, precision="fp32", compile_ours=True)
+    assert train.ours > 0 and "compiled" not in train.ours_path and "compiled" not in train.torchvision_path
+    assert [n.split(" (")[0] for n in train.notes] == ["compiling ours failed", "compiling torchvision failed"]
+
+
+def test_bf16_rows_name_torchvision_held_in_bf16_and_flag_a_path_that_computes_something_else():
+    s = dataclasses.replace(TINY_SETTINGS, input_size=32)
+    row = bench.bench_inference(torch.device("cpu"), 1, s, "bf16", counts=False)
+    assert row.notes == [] and row.max_abs_diff < 1  # the same network in bf16 twice: close
+    contenders = ("eager NCHW", "eager channels_last", "bf16 weights, channels_last")
+    assert row.torchvision_path in contenders
+    logits = torch.randn(4, 1000) * 5
+    assert bench._bf16_check(logits + 0.01, logits) == []
+    wrong = bench._bf16_check(logits.flip(1), logits)
+    assert len(wrong) == 1 and wrong[0].startswith("CHECK: ours differs from torchvision")
+
+
 # ---------------------------------------------------------------- CUDA (skipped without a GPU)
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

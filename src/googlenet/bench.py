@@ -7,7 +7,11 @@ shape, interleaving their repeats so a busy machine slows both alike:
                that is faster: the faster of the two exact paths, named in `ours_path`
   torchvision  torchvision.models.googlenet, the faster of eager NCHW and channels_last
                (and, on CUDA, compiled channels_last; at batch 1 also replayed as a CUDA
-               graph by the same runner as ours, so graphs alone earn no speedup)
+               graph by the same runner as ours, so graphs alone earn no speedup; in bf16
+               rows also with its weights cast to bf16 once, as ours are, eager and graphed)
+A contender whose compilation or graph capture fails is left out with a note (ours is then
+timed uncompiled), so one failure does not lose a row; a bf16 row whose outputs differ from
+torchvision's by more than bf16 rounding explains carries a CHECK note.
 The training row on CPU has no torchvision counterpart (torchvision has no 28-px
 GoogLeNet): its reference column is the plain, unoptimised googlenet_cifar in eager mode.
 
@@ -214,26 +218,58 @@ def _row(case: str, device: torch.device, batch: int, precision: str, unit: str,
                round(ref_s / ours_s, 3), ours_name, ref_name, **extra)
 
 
+# bf16 rows cannot be exact; ours vs torchvision (both bf16) beyond this share of the largest
+# logit means a path computes something else, and the row says so. (Not the top-1 class: with
+# random weights the two best logits of one image can be closer than bf16 rounding.)
+BF16_CHECK_RTOL = 0.1
+
+
+def _bf16_check(ours: Tensor, ref: Tensor) -> list[str]:
+    scale = max(1.0, ref.float().abs().max().item())
+    diff = (ours.float() - ref.float()).abs().max().item()
+    if diff > BF16_CHECK_RTOL * scale:
+        return [f"CHECK: ours differs from torchvision by {diff:.3g} (largest logit {scale:.3g}): more than "
+                "bf16 rounding explains"]
+    return []
+
+
 def _max_diff(ours: Tensor, ref: Tensor) -> tuple[float, bool]:
     diff = (ours.float() - ref.float()).abs().max().item()
     return diff, diff <= EXACT_RTOL * max(1.0, ref.float().abs().max().item())
 
 
 # ---------------------------------------------------------------- cases
+def _first_call_works(fn: Callable[[], object], what: str, notes: list[str]) -> bool:
+    """Call `fn` once (a compilation or a graph capture happens there); on failure say so in
+    the row's notes, so that one contender that cannot run costs that contender, not the row."""
+    try:
+        fn()
+        return True
+    except Exception as e:  # noqa: BLE001 - reported in the row's notes
+        notes.append(f"{what} failed ({first_line(e)}); not compared")
+        return False
+
+
 def bench_inference(device: torch.device, batch: int, s: Settings, precision: str = "fp32",
                     case: str | None = None, cuda_graphs: bool = False, compile_ours: bool = False,
                     compile_tv: bool = False, counts: bool = True) -> Row:
     tv, ours_src = torchvision_pair(aux_logits=False)
     tv = tv.eval().to(device)
     x = _random_input(batch, 3, s.input_size, device)
+    notes: list[str] = []
     if device.type == "cpu" and precision == "bf16":
         # CPU bf16: autocast around the folded fp32 engine (not exact; an extra row).
         ours = optimize(ours_src, device, mode="inference", backend="eager", example_shape=tuple(x.shape))
         ours_fn = _infer_fn(ours.engine, x, device, "bf16", channels_last=True)
     else:  # bf16 on CUDA: the folded weights are stored in bf16
-        ours = optimize(ours_src, device, mode="inference", precision=precision, compile=compile_ours,
-                        cuda_graphs=cuda_graphs, example_shape=tuple(x.shape))
-        ours_fn = _infer_fn(ours, x, device, "fp32", channels_last=False)
+        def build(compile: bool):
+            model = optimize(copy.deepcopy(ours_src), device, mode="inference", precision=precision,
+                             compile=compile, cuda_graphs=cuda_graphs, example_shape=tuple(x.shape))
+            return model, _infer_fn(model, x, device, "fp32", channels_last=False)
+
+        ours, ours_fn = build(compile_ours)
+        if compile_ours and not _first_call_works(ours_fn, "compiling ours", notes):
+            ours, ours_fn = build(False)  # timed without compilation instead
     ours_precision = precision
     ours_paths: dict[str, Callable[[], object]] = {_describe_inference(ours, ours_precision): ours_fn}
     if device.type == "cpu" and precision == "fp32":
@@ -245,20 +281,30 @@ def bench_inference(device: torch.device, batch: int, s: Settings, precision: st
         "eager NCHW": _infer_fn(tv, x, device, precision, channels_last=False),
         "eager channels_last": _infer_fn(_channels_last(tv), x, device, precision, channels_last=True),
     }
+    if precision == "bf16":
+        # Autocast recasts torchvision's fp32 weights at every call; a user who wants bf16
+        # inference can cast the model once instead (model.bfloat16()): that counts as its own too.
+        tv_bf16 = _channels_last(tv).to(torch.bfloat16)
+        x_bf16 = x.to(torch.bfloat16)
+        contenders["bf16 weights, channels_last"] = _infer_fn(tv_bf16, x_bf16, device, "fp32", channels_last=True)
     if compile_tv:
-        contenders["compiled channels_last"] = _infer_fn(
-            torch.compile(_channels_last(tv)), x, device, precision, channels_last=True)
-    notes: list[str] = []
+        compiled = _infer_fn(torch.compile(_channels_last(tv)), x, device, precision, channels_last=True)
+        if _first_call_works(compiled, "compiling torchvision", notes):
+            contenders["compiled channels_last"] = compiled
     if cuda_graphs and device.type == "cuda":
-        try:
-            graphed = _graphed_fn(_channels_last(tv), x, precision)
-            graphed()  # captures now: a capture failure drops this contender, not the row
+        graphed = _graphed_fn(_channels_last(tv), x, precision)
+        if _first_call_works(graphed, "torchvision as a CUDA graph", notes):
             contenders["CUDA graph channels_last"] = graphed
-        except Exception as e:  # noqa: BLE001 - reported in the row's notes
-            notes.append(f"torchvision as a CUDA graph failed ({first_line(e)}); not compared")
+        if precision == "bf16":
+            graphed = _infer_fn(CUDAGraphRunner(tv_bf16), x_bf16, device, "fp32", channels_last=True)
+            if _first_call_works(graphed, "torchvision in bf16 weights as a CUDA graph", notes):
+                contenders["CUDA graph, bf16 weights, channels_last"] = graphed
     times = time_interleaved(contenders, device, s.warmup, s.repeats if batch == 1 else s.batch_repeats)
     path, ours_s = _best(times, list(ours_paths))
-    diff, exact = _max_diff(ours_paths[path](), contenders["eager NCHW"]())
+    ours_out, ref_out = ours_paths[path](), contenders["eager NCHW"]()
+    diff, exact = _max_diff(ours_out, ref_out)
+    if precision == "bf16":
+        notes += _bf16_check(ours_out, ref_out)
     unit = "ms" if batch == 1 else "img/s"
     name = case or (f"inference latency {s.input_size}px" if batch == 1 else f"inference {s.input_size}px")
     return _row(name, device, batch, ours_precision, unit, (path, ours_s),
@@ -332,24 +378,34 @@ def bench_train_cifar_cpu(s: Settings) -> Row:
 def bench_train_224(device: torch.device, s: Settings, precision: str = "bf16", compile_ours: bool = True) -> Row:
     """Training step img/s at 224 (the GPU case): ours (fused 1x1, channels_last, compiled)
     vs torchvision's googlenet with its aux heads, same loss and SGD step."""
-    tv, ours_model = torchvision_pair(aux_logits=True)
+    tv, ours_src = torchvision_pair(aux_logits=True)
     tv = tv.to(device)
     x = _random_input(s.train_batch, 3, s.input_size, device)
     target = torch.randint(0, 1000, (s.train_batch,), device=device)
-    ours_model = optimize(ours_model, device, mode="train", compile=compile_ours)
+    notes: list[str] = []
+    ours_path = "fused 1x1, channels_last"
+    ours_fn = _train_fn(optimize(copy.deepcopy(ours_src), device, mode="train", compile=compile_ours), x, target,
+                        device, precision, channels_last=True)
+    if compile_ours:
+        if _first_call_works(ours_fn, "compiling ours", notes):
+            ours_path += ", compiled"
+        else:  # timed without compilation instead
+            ours_fn = _train_fn(optimize(ours_src, device, mode="train"), x, target, device, precision,
+                                channels_last=True)
     contenders = {
-        "ours": _train_fn(ours_model, x, target, device, precision, channels_last=True),
+        "ours": ours_fn,
         "eager NCHW": _train_fn(copy.deepcopy(tv), x, target, device, precision, channels_last=False),
         "eager channels_last": _train_fn(_channels_last(tv), x, target, device, precision, channels_last=True),
     }
     if s.compile_torchvision:
         compiled = _channels_last(tv)
         compiled.compile()
-        contenders["compiled channels_last"] = _train_fn(compiled, x, target, device, precision, channels_last=True)
+        compiled_fn = _train_fn(compiled, x, target, device, precision, channels_last=True)
+        if _first_call_works(compiled_fn, "compiling torchvision", notes):
+            contenders["compiled channels_last"] = compiled_fn
     times = time_interleaved(contenders, device, s.warmup, s.batch_repeats)
-    ours_path = "fused 1x1, channels_last" + (", compiled" if compile_ours else "")
     return _row(f"train {s.input_size}px", device, s.train_batch, precision, "img/s", (ours_path, times["ours"]),
-                _best(times, [n for n in contenders if n != "ours"]))
+                _best(times, [n for n in contenders if n != "ours"]), notes=notes)
 
 
 # ---------------------------------------------------------------- the run
