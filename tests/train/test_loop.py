@@ -140,6 +140,19 @@ def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert "no checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("model, size, smallest", [("googlenet", 28, 31), ("googlenet_cifar", 3, 4)])
+def test_images_too_small_for_the_network_are_one_line_before_training(fmnist_dir, tmp_path, capsys, model,
+                                                                       size, smallest):
+    """The paper's 224-px network on 28-px Fashion-MNIST: its last pools would get 0x0 maps."""
+    code = main(["train", "--data", str(fmnist_dir), "--model", model, "--input-size", str(size), "--epochs", "1",
+                 "--limit-train", "16", "--limit-test", "8", "--device", "cpu", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "Traceback" not in err
+    assert f"{model} cannot run at {size}px: its pools need images of at least {smallest}px" in err
+    assert f"--input-size {smallest}" in err
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
 def test_progress_lines_without_a_terminal(fmnist_dir, tmp_path, capsys, monkeypatch):
     """Under a log file (no TTY) tqdm is silent; plain progress lines take its place."""
     from googlenet.train import loop
@@ -158,9 +171,25 @@ def test_a_new_batch_size_without_lr_gets_a_rescaling_note(fmnist_dir, tmp_path,
               "--input-size", "12", "--device", "cpu"]
     assert main([*common, "--batch-size", "16", "--out", str(tmp_path / "a")]) == 0
     out = capsys.readouterr().out
-    assert "keeps the fmnist recipe's lr 0.2, set for batch 128" in out and "--lr 0.025" in out
+    assert "a global batch of 16 keeps the fmnist recipe's lr 0.2, set for batch 128" in out and "--lr 0.025" in out
     assert main([*common, "--batch-size", "16", "--lr", "0.025", "--out", str(tmp_path / "b")]) == 0
     assert "rescaling" not in capsys.readouterr().out
+
+
+def test_the_rescaling_note_goes_by_the_global_batch(monkeypatch, capsys):
+    """`--nproc 2 --batch-size 64`: each process's 64 make the recipe's global 128, lr as set."""
+    import argparse
+
+    from googlenet.commands import train as train_command
+
+    args = argparse.Namespace(lr=None, config=None, set=[], batch_size=64)
+    for world, says in ((2, None), (4, "a global batch of 256 (64/process) keeps the fmnist recipe's lr 0.2")):
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        monkeypatch.setenv("RANK", "0")
+        monkeypatch.setenv("LOCAL_RANK", "0")
+        train_command._note_unscaled_lr(args, resolve_config(flags={"batch_size": 64}))
+        out = capsys.readouterr().out
+        assert (says in out and "--lr 0.4" in out) if says else out == ""
 
 
 def test_step_flags_are_read_a_step_late_and_all_before_the_epoch_ends(fmnist_dir, tmp_path, monkeypatch):

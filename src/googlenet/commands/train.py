@@ -87,17 +87,20 @@ def _note_unscaled_lr(args: argparse.Namespace, config) -> None:
     """A new --batch-size keeps the recipe's lr (set for the recipe's batch): say so once,
     with the usual linear rescaling, since e.g. the fmnist peak 0.2 at batch 32 diverges."""
     from ..train import resolve_config
-    from ..train.distributed import env_rank
+    from ..train.distributed import env_rank, env_world_size, global_batch
     from ..train.recipes import parse_overrides
 
     lr_given = args.lr is not None or args.config is not None or "lr" in parse_overrides(args.set)
     if args.batch_size is None or lr_given or env_rank() != 0:
         return
     recipe = resolve_config(config.recipe)
-    if recipe.batch_size != config.batch_size:
-        scaled = recipe.lr * config.batch_size / recipe.batch_size
-        print(f"note: --batch-size {config.batch_size} keeps the {config.recipe} recipe's lr {recipe.lr:g}, "
-              f"set for batch {recipe.batch_size}; for SGD the usual rescaling is --lr {scaled:.3g}")
+    # The lr goes with the global batch (per-process batch x processes x accumulation).
+    ours, theirs = global_batch(config, env_world_size()), global_batch(recipe, 1)
+    if ours != theirs:
+        scaled = recipe.lr * ours / theirs
+        per_process = f" ({config.batch_size}/process)" if ours != config.batch_size else ""
+        print(f"note: a global batch of {ours}{per_process} keeps the {config.recipe} recipe's lr {recipe.lr:g}, "
+              f"set for batch {theirs}; for SGD the usual rescaling is --lr {scaled:.3g}")
 
 
 def run(args: argparse.Namespace) -> int:

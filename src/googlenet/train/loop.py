@@ -33,7 +33,8 @@ from . import checkpoint as ckpt
 from . import graphed, guard
 from .ema import WeightAverage
 from .recipes import TrainConfig, config_from_dict, save_config
-from .setup import (LRSchedule, autocast_dtype, build_loaders, build_model, build_optimizer, freeze_until)
+from .setup import (LRSchedule, autocast_dtype, build_loaders, build_model, build_optimizer, check_input_size,
+                    freeze_until)
 
 METRICS_FIELDS = ("epoch", "step", "images", "train_loss", "train_acc", "test_loss", "test_top1", "test_top5",
                   "test_images", "lr", "img_per_s", "epoch_s", "elapsed_s")
@@ -166,6 +167,7 @@ class Trainer:
         if model.in_chans != self.info.in_chans:  # grey data into an RGB model: repeat the channel
             self.train_loader, self.test_loader, self.info = build_loaders(
                 config, self.device, model.in_chans, process.rank, process.world_size)
+        check_input_size(model, self.info.input_size, model.in_chans, model.model_name)
         # The whole dataset sits on the device as tensors (TensorLoader), augmented a batch at a
         # time; otherwise a DataLoader decodes image files in worker processes.
         self.resident_data = isinstance(self.train_loader, TensorLoader)
