@@ -79,3 +79,20 @@ def test_saved_config_round_trips(tmp_path):
 def test_durations():
     assert [recipes.parse_duration(t) for t in ("90s", "10m", "1.5h", "45")] == [90, 600, 5400, 45]
     assert isinstance(TrainConfig().to_dict(), dict)
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda p: p.mkdir(), "is a folder; give a YAML file"),
+    (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe"), "is not a text file"),
+    (lambda p: p.write_text("lr: [1, 2"), "is not valid YAML"),
+    (lambda p: p.write_text("- just\n- a list\n"), "must hold a mapping"),
+    (lambda p: None, "config file not found"),
+])
+def test_a_bad_config_file_is_one_line(tmp_path, make, says):
+    from googlenet.train.recipes import read_yaml
+
+    path = tmp_path / "config.yaml"
+    make(path)
+    with pytest.raises(UserError, match=says) as caught:
+        read_yaml(path)
+    assert "\n" not in str(caught.value)

@@ -166,10 +166,16 @@ def apply(config: TrainConfig, values: dict[str, Any], source: str) -> TrainConf
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--config {path} is a folder; give a YAML file of config keys (e.g. a run's config.yaml)")
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a text file; --config takes a YAML file of config keys") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or first_line(e)}") from None
     except yaml.YAMLError as e:
         raise UserError(f"{path} is not valid YAML ({first_line(e)})") from None
     if not isinstance(values, dict):
