@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         label = "" if getattr(e, "requested", False) else "error: "
         print(f"googlenet {args.command}: {label}{e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print(f"googlenet {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a training run's second Ctrl-C says what it cost (guard.StoppedAtOnce)
+        print(f"googlenet {args.command}: {e or 'interrupted'}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `googlenet ... | head`
         return 0

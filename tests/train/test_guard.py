@@ -98,6 +98,36 @@ def test_a_second_stop_signal_stops_at_once_unless_it_is_the_same_one_repeated_u
     assert capsys.readouterr().err.count("SIGTERM received") == 2  # rank 0 says it, once per request
 
 
+def test_the_stop_line_names_what_it_waits_for_and_a_second_signal_says_what_is_lost(tmp_path, monkeypatch,
+                                                                                     capsys):
+    import signal
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    with guard.StopSignals(tmp_path) as stops:
+        stops.phase = "test (5000 images)"  # set by the loop while a test pass runs
+        stops._handle(signal.SIGINT, None)
+        assert "SIGINT received: stopping after the current test (5000 images) and saving" in capsys.readouterr().err
+        with pytest.raises(guard.StoppedAtOnce, match="second SIGINT, before the first checkpoint: nothing was "
+                                                       "saved; start the run again"):
+            stops._handle(signal.SIGINT, None)
+    (tmp_path / "last.pt").write_bytes(b"")
+    with guard.StopSignals(tmp_path) as stops:
+        stops._handle(signal.SIGTERM, None)
+        with pytest.raises(KeyboardInterrupt, match=f"the work since the last checkpoint is lost; continue from "
+                                                    f".*last.pt with: googlenet train --resume {tmp_path}"):
+            stops._handle(signal.SIGINT, None)
+
+
+def test_a_second_signal_is_one_line_from_the_cli(monkeypatch, capsys):
+    from googlenet import cli
+
+    lost = guard.StoppedAtOnce("stopped at once by a second SIGINT: the work since the last checkpoint is lost")
+    monkeypatch.setattr("googlenet.commands.train.run", lambda args: (_ for _ in ()).throw(lost))
+    assert cli.main(["train"]) == 130
+    assert capsys.readouterr().err.strip() == f"googlenet train: {lost}"
+
+
 def test_stop_votes_sum_over_processes_and_name_the_signal():
     import signal
 

@@ -41,6 +41,8 @@ def test_a_run_writes_everything(fmnist_dir, tmp_path):
     saved = torch.load(run / "last.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "ema", "rng", "epoch", "step", "config"} <= set(saved)
     assert saved["config"]["lr"] == 0.05 and saved["epoch"] == 2
+    with pytest.raises(UserError, match="already holds a finished run .*--weights .*model.safetensors"):
+        train(config, out=run)  # not "continue it with --resume": there is nothing to resume
 
 
 def test_budget_fits_the_whole_schedule(fmnist_dir, tmp_path):

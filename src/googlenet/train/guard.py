@@ -106,6 +106,10 @@ class _OutputWatch:
         return getattr(self._stream, name)
 
 
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second stop signal: the run ends now, without a checkpoint; the message says what is lost."""
+
+
 class StopSignals:
     """Context manager that turns the first SIGINT/SIGTERM/SIGHUP into a flag the loop checks.
 
@@ -116,7 +120,10 @@ class StopSignals:
     as SIGPIPE; a signal that comes after it is still the first one, not the "at once" second.
     """
 
-    def __init__(self) -> None:
+    phase = "step"  # what a stop waits for; the loop names the test pass while one runs
+
+    def __init__(self, run_dir: Path | None = None) -> None:
+        self.run_dir = run_dir  # where the last checkpoint is, for the "stopped at once" message
         self.received: int | None = None
         self._received_at = 0.0
         self._previous: dict[int, object] = {}
@@ -155,17 +162,29 @@ class StopSignals:
                     and time.monotonic() - self._received_at < REPEAT_GRACE_S):
                 return  # the same request delivered twice
             self.__exit__()  # asked twice: stop now, without a checkpoint
-            raise KeyboardInterrupt
+            raise StoppedAtOnce(self._lost_work(signum))
         self.received, self._received_at = signum, time.monotonic()
         if signum == signal.SIGHUP:
             detach_from_terminal()
         if env_rank() == 0:  # one line per job, not per process
             try:
-                print(f"\n{STOP_SIGNALS[signum]} received: stopping after the current step and saving a "
-                      "checkpoint (send it again to stop at once, losing the work since the last checkpoint)",
-                      file=sys.stderr, flush=True)
+                # On a terminal the line starts below the progress bar; in a log file, no blank line.
+                newline = "\n" if sys.stderr.isatty() else ""
+                print(f"{newline}{STOP_SIGNALS[signum]} received: stopping after the current {self.phase} and "
+                      "saving a checkpoint (send it again to stop at once, losing the work since the last "
+                      "checkpoint)", file=sys.stderr, flush=True)
             except OSError:  # stderr has gone too; raised here, it would land in whatever code was running
                 pass
+
+    def _lost_work(self, signum: int) -> str:
+        what = f"stopped at once by a second {signal.Signals(signum).name}"
+        if self.run_dir is None:
+            return what
+        last = self.run_dir / "last.pt"
+        if last.is_file():
+            return (f"{what}: the work since the last checkpoint is lost; continue from {last} with: "
+                    f"googlenet train --resume {self.run_dir}")
+        return f"{what}, before the first checkpoint: nothing was saved; start the run again"
 
     def vote(self) -> float:
         """This process's stop vote: 0 (no request), 1 (SIGINT) or STOP_VOTE_SIGTERM (any other)."""

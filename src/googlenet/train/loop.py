@@ -133,6 +133,10 @@ def train(config: TrainConfig, out: str | Path | None = None, resume: str | Path
         run_dir = Path(out) if out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
         run_dir = Path(process.broadcast_object(str(run_dir)))  # one folder, named by rank 0
         if (run_dir / ckpt.LAST).exists():
+            finished = ckpt.finished_weights(run_dir)
+            if finished is not None:
+                raise UserError(f"{run_dir} already holds a finished run (its model: {finished}); pick another "
+                                f"--out, or train on from it with --weights {finished}")
             raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                             "or pick another --out")
     # One process trains into a folder at a time (the lock goes with the process, even on SIGKILL).
@@ -193,7 +197,7 @@ class Trainer:
         self._epoch_sums = self._zero_sums()
         self.tensorboard = None
         self.nan_guard = guard.NonFiniteGuard(config.on_nan, config.lr)
-        self.stop_signals = guard.StopSignals()  # SIGINT/SIGTERM/SIGHUP: checkpoint, then stop
+        self.stop_signals = guard.StopSignals(self.run_dir)  # SIGINT/SIGTERM/SIGHUP: checkpoint, then stop
         self.stop_agreed = False  # every process has seen a stop request (the same step on all)
         self.late_flags = guard.LateRead()  # each step's (loss, stop votes), read a step late
         # Forward/backward as CUDA graphs, recorded on the first full batch (None: not yet or not here).
@@ -590,7 +594,16 @@ class Trainer:
         k = min(5, num_classes)
         totals = torch.zeros(4, device=self.device, dtype=torch.float64)  # loss, top1, top5, images
         predictions, targets = [], []
+        from tqdm import tqdm
+
+        # A full test set takes a minute on a CPU: a bar on a terminal (none in a log file).
+        images = self.info.test_size if limit is None else min(limit, self.info.test_size)
+        bar = tqdm(total=images if self.process.world_size == 1 else None, desc="test", unit="img",
+                   unit_scale=True, leave=False, dynamic_ncols=True, file=sys.stderr,
+                   disable=not self.process.is_main or None)
+        self.stop_signals.phase = f"test ({images} images)"  # what a stop request waits for now
         for x, y in self.test_loader.eval_batches(limit):
+            bar.update(len(y))
             with torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
                 logits = model(x).float()
                 if tta_flip:
@@ -604,6 +617,8 @@ class Trainer:
             if collect:
                 predictions.append(top[:, 0])
                 targets.append(y)
+        bar.close()
+        self.stop_signals.phase = guard.StopSignals.phase
         totals = self.process.all_reduce_sum(totals)
         n = max(1.0, float(totals[3]))
         result = EvalResult(100 * float(totals[1]) / n, 100 * float(totals[2]) / n, float(totals[0]) / n,
@@ -690,7 +705,11 @@ class Trainer:
         self._epoch_sums.update(payload.get("epoch_sums") or {})
         self.nan_guard.skipped = int(payload.get("skipped_steps", 0))
         ckpt.set_rng_state(payload["rng"])
-        self.say(f"resuming {self.run_dir} after epoch {self.epoch} (step {self.step})")
+        ended = self.plan.epoch_ends[self.epoch - 1] if self.epoch > 0 else 0
+        where = (f"after epoch {self.epoch}" if self.step == ended or self.epoch >= self.plan.epochs
+                 else f"part-way through epoch {self.epoch + 1} ({self.step - ended} of its "
+                      f"{self.plan.epoch_ends[self.epoch] - ended} steps done)")
+        self.say(f"resuming {self.run_dir} {where} (step {self.step})")
 
     def _finish(self, final: EvalResult) -> TrainResult:
         weights = self.run_dir / "model.safetensors"
