@@ -55,6 +55,18 @@ def test_budget_fits_the_whole_schedule(fmnist_dir, tmp_path):
     assert result.seconds < 12 * 3  # generous: other work shares this machine
 
 
+def test_a_budget_mostly_spent_on_the_final_test_says_so(fmnist_dir, tmp_path, capsys, monkeypatch):
+    """A new user's `--budget 1m` on a CPU: testing 10,000 images alone takes about a minute."""
+    from googlenet.train import loop
+
+    monkeypatch.setattr(loop.Trainer, "_measure_eval_rate", lambda self: 2.0)  # 24 test images: ~12 s
+    config = resolve_config(flags={**TINY, "data": str(fmnist_dir), "budget": "12s"})
+    train(config, out=tmp_path / "run")
+    out = capsys.readouterr().out
+    assert "note: the final test alone takes ~12 s of the 12-s budget (24 images at 2 img/s)" in out
+    assert "--limit-test" in out
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_the_fused_optimizer_steps_like_the_per_tensor_one(optimizer):
     """build_optimizer picks torch's fused kernels (a CPU speed-up): same updates as the

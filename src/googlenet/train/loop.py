@@ -479,8 +479,13 @@ class Trainer:
         if light:
             subset_note += ", under one pass: flips only (no crops/erasing)"
         self.say(f"budget {c.budget}: {step_s:.2f} s/step, {eval_rate:.0f} test img/s -> {total} steps "
-                 f"({total * self.train_loader.global_batch} images, {total / per_pass:.2f} passes) in "
+                 f"({total * self.train_loader.global_batch} images, {total / per_pass:.3g} passes) in "
                  f"{epochs} epochs{subset_note}; final test on all {test_images} images")
+        if final_eval_s > 0.5 * budget:  # the budget is mostly the final test: the run will overrun or barely train
+            fits = max(self.test_loader.batch_size, int(0.25 * budget * eval_rate) // 10 * 10)
+            self.say(f"note: the final test alone takes ~{final_eval_s:.0f} s of the {budget:.0f}-s budget "
+                     f"({test_images} images at {eval_rate:.0f} img/s), so the run will train little and may "
+                     f"overrun it; give a longer --budget, or test on fewer images with --limit-test {fits}")
         return plan
 
     def _final_eval_s(self) -> float:
