@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="GoogLeNet (Inception v1): build, train, evaluate, export and benchmark.",
         epilog="Run `googlenet COMMAND --help` for a command's options and examples.\n"
         "Quick start (about 10 minutes on a CPU, Fashion-MNIST):\n"
-        "  googlenet train --budget 10m --out runs/demo\n"
+        "  googlenet train --model googlenet_cifar_fast --budget 10m --batch-size 32 --lr 0.05 --out runs/demo\n"
         "  googlenet predict runs/demo/model.safetensors IMAGE.png",
     )
     from . import __version__
