@@ -87,6 +87,11 @@ def test_other_formats_and_sizes(capsys):
     rows = [r for r in csv.reader(io.StringIO(capsys.readouterr().out)) if r]
     assert rows[0][:3] == ["type", "patch size/stride", "output size"]
     assert ["inception (5b)", "", "7x7x1024"] == rows[-5][:3]
+    total = rows[-1]
+    params, ops = int(total[10]), int(total[11])  # plain numbers for a spreadsheet, not "1.8K"
+    model = googlenet.create_model("googlenet_cifar", in_chans=1)
+    assert params == sum(p.numel() for n, p in model.named_parameters() if not n.startswith("aux"))
+    assert ops > 10**8
     table = summarize(googlenet.create_model("googlenet"))
     text = render(table, "table")
     assert "inception (4e)" in text and "note (convolution)" in text

@@ -200,25 +200,31 @@ COLUMNS = ("type", "patch size/stride", "output size", "depth", "#1x1", "#3x3 re
            "#5x5 reduce", "#5x5", "pool proj", "params", "ops", "paper params", "paper ops", "note")
 
 
-def _cells(row: dict) -> list[str]:
+def _cells(row: dict, raw: bool = False) -> list[str]:
+    """One table row as text; `raw`: params and ops as plain integers (CSV, for spreadsheets)."""
     def opt(v):
         return "" if v is None else str(v)
+
+    def count(value, scale, unit):
+        return opt(value) if raw else _human(value, scale, unit)
 
     label = row["name"] if row["type"] in ("inception", "dropout") else row["type"]
     return [label, row["patch"], "x".join(map(str, row["output"])), str(row["depth"]),
             opt(row["n1x1"]), opt(row["n3x3red"]), opt(row["n3x3"]), opt(row["n5x5red"]), opt(row["n5x5"]),
-            opt(row["pool_proj"]), _human(row["params"], K, "K"), _human(row["ops"], M, "M"),
-            _human(row["paper_params"], K, "K"), _human(row["paper_ops"], M, "M"), row["note"] or ""]
+            opt(row["pool_proj"]), count(row["params"], K, "K"), count(row["ops"], M, "M"),
+            count(row["paper_params"], K, "K"), count(row["paper_ops"], M, "M"), row["note"] or ""]
 
 
 def render(table: dict, fmt: str = "table") -> str:
     """Render summarize()'s dict as "table" (aligned text), "markdown", "csv" or "json"."""
     if fmt == "json":
         return json.dumps(table, indent=2)
-    rows = [_cells(r) for r in table["rows"]]
+    raw = fmt == "csv"
+    rows = [_cells(r, raw) for r in table["rows"]]
     total = table["total"]
-    total_row = ["total", "", "", "", "", "", "", "", "", "", _human(total["params"], K, "K"),
-                 _human(total["ops"], M, "M"), "", "", ""]
+    total_row = ["total", "", "", "", "", "", "", "", "", "",
+                 *((str(total["params"]), str(total["ops"])) if raw
+                   else (_human(total["params"], K, "K"), _human(total["ops"], M, "M"))), "", "", ""]
     has_paper = any(r["paper_params"] is not None for r in table["rows"])
     columns = list(COLUMNS) if has_paper else list(COLUMNS[:12])
     width = len(columns)

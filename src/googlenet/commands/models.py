@@ -45,7 +45,7 @@ def list_models_cmd(args: argparse.Namespace) -> int:
     for name in list_models():
         v = model_variant(name)
         stem = v.stem + ("+pool" if v.stem_pool else "")
-        print(f"{name:<20} input {v.input_size}  stem={stem} batchnorm={'yes' if v.norm else 'no'} "
+        print(f"{name:<20} input {v.input_size:<4} stem={stem} batchnorm={'yes' if v.norm else 'no'} "
               f"lrn={'yes' if v.lrn else 'no'} branch3={v.branch3}")
     return 0
 
