@@ -41,7 +41,8 @@ def calibration_batches(meta: dict, dataset: str | None, count: int, data_dir: s
     name = dataset or meta.get("dataset") or ""
     if not name:
         raise UserError("the weights do not name the dataset they were trained on; pass "
-                        "--calib-dataset NAME (fashion-mnist, cifar10, cifar100) and --data DIR if needed")
+                        f"--calib-dataset NAME (fashion-mnist, cifar10, cifar100, or {RANDOM_CALIBRATION} to test the "
+                        "plumbing only) and --data DIR if needed")
     size, chans = int(meta["input_size"]), int(meta["in_chans"])
     if name == RANDOM_CALIBRATION:
         generator = torch.Generator().manual_seed(seed)
