@@ -305,7 +305,8 @@ def _check_dataset_classes(dataset_names: Sequence[str], model_names: Sequence[s
                            weights: str) -> list[str]:
     notes: list[str] = []
     if len(dataset_names) != len(model_names):
-        raise UserError(f"{dataset} has {len(dataset_names)} class(es) but {weights} predicts "
+        classes = "class" if len(dataset_names) == 1 else "classes"
+        raise UserError(f"{dataset} has {len(dataset_names)} {classes} but {weights} predicts "
                         f"{len(model_names)}; evaluate it on the dataset it was trained on (--dataset)")
     if list(dataset_names) != list(model_names):
         notes.append(f"warning: {dataset} class names differ from the weights' (compared by index)")
