@@ -332,3 +332,26 @@ def test_report_of_many_classes_stays_short():
     text = format_result(result)
     assert "10 worst and 10 best of 200" in text and "omitted" in text
     assert "n000" in text and "n150" not in text and len(text.splitlines()) < 40
+
+
+def test_a_run_folder_means_its_weights(tiny_model, tmp_path, capsys):
+    from PIL import Image
+
+    run = tmp_path / "run"
+    run.mkdir()
+    googlenet.save_weights(tiny_model, run / "model.safetensors", dataset="imagefolder")
+    for i, name in enumerate(tiny_model.meta["class_names"]):  # one image per class
+        (tmp_path / "data" / "val" / name).mkdir(parents=True)
+        Image.new("L", (SIZE, SIZE), 25 * i).save(tmp_path / "data" / "val" / name / "0.png")
+    argv = ["--data", str(tmp_path / "data"), "--device", "cpu", "--json"]
+    assert cli_main(["eval", str(run / "model.safetensors"), *argv]) == 0
+    from_file = json.loads(capsys.readouterr().out)
+    assert cli_main(["eval", str(run), *argv]) == 0
+    from_folder = json.loads(capsys.readouterr().out)
+    assert from_folder["top1_error"] == from_file["top1_error"] and from_folder["num_images"] == 10
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli_main(["eval", str(empty), "--dataset", "fashion-mnist"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{empty} is a folder, not a weights file" in err, err
+    assert str(empty / "model.safetensors") in err

@@ -338,3 +338,43 @@ def test_format_defaults_to_the_out_suffix_else_onnx(tmp_path, weights_file, cap
     code, _, err = run_cli(capsys, "export", str(weights_file), "--out", str(tmp_path / "deploy.tflite"))
     assert_one_line_error(code, err, "cannot tell the format", "--format onnx|torchscript")
     assert not (tmp_path / "deploy.tflite").exists()
+
+
+# ------------------------------------------------------------------ what is given as WEIGHTS
+def test_an_onnx_file_as_weights_is_named_not_overwritten(tmp_path, capsys):
+    """Checked before the output name is derived: model.onnx -> model.onnx is no overwrite to refuse."""
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes(b"\x08\x07\x12\x07pytorch")  # an ONNX protobuf's first bytes
+    code, _, err = run_cli(capsys, "export", str(onnx_file))
+    assert_one_line_error(code, err, f"{onnx_file} is already an ONNX export", ".safetensors")
+    assert "overwrite" not in err and onnx_file.read_bytes() == b"\x08\x07\x12\x07pytorch"
+
+
+@pytest.mark.parametrize("name", ["model.torchscript.pt", "model.ts"])
+def test_an_export_as_its_own_out_is_not_weights(tmp_path, capsys, name):
+    other = tmp_path / name
+    other.write_bytes(b"not safetensors")
+    code, _, err = run_cli(capsys, "export", str(other), "--format", "torchscript", "--out", str(other))
+    assert_one_line_error(code, err, str(other), "not a safetensors weights file")
+    assert "overwrite" not in err
+
+
+def test_a_run_folder_exports_its_weights(tmp_path, weights_file, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(weights_file.read_bytes())
+    code, out, _ = run_cli(capsys, "export", str(run), "--format", "torchscript")
+    assert code == 0 and (run / "model.torchscript.pt").is_file(), out
+    assert load_torchscript(run / "model.torchscript.pt")[1]["class_names"][0] == "c0"
+    code, _, err = run_cli(capsys, "export", str(tmp_path), "--format", "onnx")
+    assert_one_line_error(code, err, f"{tmp_path} is a folder, not a weights file", "model.safetensors")
+
+
+def test_a_training_checkpoint_points_to_the_runs_weights(tmp_path, weights_file, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(weights_file.read_bytes())
+    torch.save({"model": googlenet.load_weights(weights_file).state_dict(), "config": {}}, run / "last.pt")
+    code, _, err = run_cli(capsys, "export", str(run / "last.pt"))
+    assert_one_line_error(code, err, f"{run / 'last.pt'} is a training checkpoint", str(run / "model.safetensors"))
+    assert "import-torchvision" not in err

@@ -355,3 +355,21 @@ def test_a_malicious_pickle_as_weights_runs_no_code(tmp_path, capsys, malicious_
     err = capsys.readouterr().err.strip()
     assert "evil.pth" in err and len(err.splitlines()) == 1
     assert not marker.exists()
+
+
+def test_a_run_folder_means_its_weights(tiny, tmp_path, capsys):
+    _, weights = tiny
+    image = str(write_modes(tmp_path)["rgb.png"])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(weights.read_bytes())
+    assert cli_main(["predict", str(weights), image, "--json", "--device", "cpu"]) == 0
+    from_file = capsys.readouterr().out
+    assert cli_main(["predict", str(run), image, "--json", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out == from_file
+    (run / "model.safetensors").unlink()
+    torch.save({"model": {}, "config": {}}, run / "last.pt")
+    assert cli_main(["predict", str(run), image]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{run} is a folder, not a weights file" in err, err
+    assert f"googlenet train --resume {run}" in err

@@ -217,11 +217,11 @@ def export(weights: str | os.PathLike, format: str = "onnx", out: str | os.PathL
            int8: bool = False, dynamic_batch: bool = False, opset: int = DEFAULT_OPSET,
            calib_dataset: str | None = None, calib_images: int = 300, data_dir: str | None = None,
            dynamo: bool = False) -> Path:
-    """`googlenet export`: load a weights file (safetensors only, no code runs) and write
-    the inference network in `format`. int8: static quantization for CPU (ONNX only),
-    calibrated on `calib_images` training images of the weights' dataset (or
-    `calib_dataset`; "random" uses noise, for plumbing tests only)."""
-    from .models.weights import load_weights
+    """`googlenet export`: load a weights file (safetensors only, no code runs; a finished run
+    folder means its model.safetensors) and write the inference network in `format`. int8:
+    static quantization for CPU (ONNX only), calibrated on `calib_images` training images of
+    the weights' dataset (or `calib_dataset`; "random" uses noise, for plumbing tests only)."""
+    from .models.weights import load_weights, read_metadata, weights_file
 
     if format not in FORMATS:
         raise UserError(f"unknown format {format!r}; choose from {', '.join(FORMATS)}")
@@ -229,6 +229,10 @@ def export(weights: str | os.PathLike, format: str = "onnx", out: str | os.PathL
         raise UserError("--int8 needs --format onnx (int8 runs through onnxruntime's CPU kernels)")
     if format == "onnx":
         check_opset(opset, dynamo)
+    weights = weights_file(weights)  # a finished run folder means its model.safetensors
+    # Checked before an output name is made from it: an ONNX file given as WEIGHTS would
+    # otherwise be reported as an --out about to overwrite it.
+    read_metadata(weights)
     out = Path(out) if out is not None else default_output(weights, format, int8)
     if out.resolve() == Path(weights).resolve():
         raise UserError(f"--out {out} would overwrite the weights file; choose another name")

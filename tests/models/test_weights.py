@@ -99,3 +99,64 @@ def test_import_of_a_non_checkpoint_says_so_in_words(tmp_path, capsys, content):
     assert main(["import-torchvision", str(path), str(tmp_path / "out.safetensors")]) != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not a" in err and "(101)" not in err, err
+
+
+# ------------------------------------------------------------------ run folders and other outputs
+def _finished_run(tmp_path):
+    """A run folder as `googlenet train` leaves it: model.safetensors beside last.pt."""
+    run = tmp_path / "run"
+    run.mkdir()
+    model = googlenet.create_model("googlenet_cifar", num_classes=4, aux_logits=False)
+    googlenet.save_weights(model, run / "model.safetensors", class_names=list("abcd"))
+    torch.save({"model": model.state_dict(), "config": {"epochs": 1}}, run / "last.pt")
+    return run
+
+
+def test_a_finished_run_folder_means_its_model_safetensors(tmp_path):
+    run = _finished_run(tmp_path)
+    loaded = googlenet.load_weights(run)
+    assert loaded.num_classes == 4 and loaded.meta["class_names"] == list("abcd")
+    assert googlenet.read_metadata(run)["model"] == "googlenet_cifar"
+
+
+def test_a_run_folder_without_weights_says_why(tmp_path):
+    run = _finished_run(tmp_path)
+    (run / "model.safetensors").unlink()
+    with pytest.raises(WeightsError) as info:
+        googlenet.load_weights(run)
+    message = str(info.value)
+    assert f"{run} is a folder, not a weights file" in message and "\n" not in message
+    assert f"googlenet train --resume {run}" in message and "not found" not in message
+    (run / "last.pt").unlink()
+    with pytest.raises(WeightsError, match="is a folder, not a weights file; expected .*model.safetensors"):
+        googlenet.load_weights(run)
+
+
+def test_a_training_checkpoint_as_weights_points_to_the_runs_weights(tmp_path, capsys):
+    run = _finished_run(tmp_path)
+    code = main(["train", "--weights", str(run / "last.pt"), "--epochs", "1", "--out", str(tmp_path / "new")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "training checkpoint" in err and str(run / "model.safetensors") in err
+    assert "import-torchvision" not in err
+    (run / "model.safetensors").unlink()  # an unfinished run: resume it instead
+    with pytest.raises(WeightsError, match=f"has not finished.*googlenet train --resume {run}"):
+        googlenet.load_weights(run / "last.pt")
+
+
+def test_a_torchvision_checkpoint_still_gets_the_import_advice(tmp_path):
+    """Only checkpoints googlenet wrote are called training checkpoints."""
+    model = googlenet.create_model("googlenet_tv", num_classes=3, aux_logits=False)
+    torch.save(model.state_dict(), tmp_path / "tv.pth")
+    with pytest.raises(WeightsError, match="import-torchvision"):
+        googlenet.load_weights(tmp_path / "tv.pth")
+
+
+def test_import_of_an_image_does_not_claim_pickled_objects(tmp_path, capsys):
+    from PIL import Image
+
+    image = tmp_path / "img0.png"
+    Image.new("RGB", (8, 8)).save(image)
+    assert main(["import-torchvision", str(image), str(tmp_path / "out.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a file torch.save wrote" in err and "pickled" not in err, err

@@ -23,9 +23,11 @@ def register(subparsers) -> None:
         "  googlenet export runs/demo/model.safetensors --format onnx --int8  # -> runs/demo/model.int8.onnx\n"
         "  googlenet export runs/demo/model.safetensors --format torchscript  # -> runs/demo/model.torchscript.pt\n"
         "  googlenet export runs/demo/model.safetensors --out deploy/shoes.pt  # TorchScript, from the suffix\n"
+        "  googlenet export runs/demo  # a finished run folder: its model.safetensors -> runs/demo/model.onnx\n"
         "  googlenet predict runs/demo/model.onnx shoe.png  # run the ONNX export",
     )
-    p.add_argument("weights", metavar="WEIGHTS", help="a .safetensors weights file written by googlenet")
+    p.add_argument("weights", metavar="WEIGHTS", help="a .safetensors weights file written by googlenet, "
+                   "or a finished run folder (RUN means RUN/model.safetensors)")
     p.add_argument("--format", metavar="onnx|torchscript", help="the file format to write (default: from "
                    "--out's suffix, .onnx or .pt/.pth/.ts; onnx without --out)")
     p.add_argument("--out", metavar="FILE", help="output file (default: next to WEIGHTS, "

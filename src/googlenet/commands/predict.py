@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  googlenet predict runs/demo/model.safetensors shoe.png shirt.jpg --topk 3\n"
         "  googlenet predict runs/demo/model.onnx photos/*.jpg --json   # ONNX Runtime, chosen by the suffix",
     )
-    p.add_argument("weights", help=".safetensors weights written by googlenet, or an .onnx export")
+    p.add_argument("weights", help=".safetensors weights written by googlenet, a finished run folder "
+                   "(RUN means RUN/model.safetensors), or an .onnx export")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, BMP, GIF, TIFF, WebP)")
     p.add_argument("--topk", type=int, default=5, metavar="K", help="labels per image (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per line per file, with its path")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import torch
@@ -16,11 +17,15 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from ..errors import UserError, first_line
-from ..fileio import atomic_write
+from ..fileio import atomic_write, load_error_reason
 
 FORMAT = "googlenet-weights/1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# What a `googlenet train` run folder holds once finished, and its checkpoint until then. The
+# checkpoint name is train.checkpoint.LAST, repeated: the models package does not import training.
+RUN_WEIGHTS = "model.safetensors"
+RUN_CHECKPOINT = "last.pt"
 
 
 class WeightsError(UserError):
@@ -41,8 +46,8 @@ def save_weights(model: nn.Module, path: str | os.PathLike, **meta) -> Path:
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
-    """The decoded metadata of a weights file (raises WeightsError if it is not one)."""
-    path = _existing(path)
+    """The decoded metadata of a weights file or run folder (raises WeightsError if it is not one)."""
+    path = weights_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
@@ -60,9 +65,10 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
 
 def load_weights(path: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides) -> nn.Module:
-    """Rebuild the model a weights file describes and load its tensors (strictly)."""
+    """Rebuild the model a weights file (or a finished run folder) describes and load its tensors (strictly)."""
     from .registry import create_model
 
+    path = weights_file(path)
     meta = read_metadata(path)
     options = {**meta.get("options", {}), **overrides}
     model = create_model(meta["model"], **options)
@@ -73,7 +79,7 @@ def load_weights(path: str | os.PathLike, map_location: str | torch.device = "cp
 
 def load_state_into(model: nn.Module, path: str | os.PathLike) -> None:
     """Load a safetensors state_dict into `model`; a mismatch names keys and shapes."""
-    path = _existing(path)
+    path = weights_file(path)
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -106,6 +112,22 @@ def load_state_dict_checked(model: nn.Module, state: dict, source: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
+def weights_file(path: str | os.PathLike) -> Path:
+    """The weights file `path` names: the file itself, or a finished run folder's model.safetensors
+    (`googlenet eval runs/x` means runs/x/model.safetensors). WeightsError if there is none."""
+    path = Path(path)
+    if path.is_dir():
+        weights = path / RUN_WEIGHTS
+        if weights.is_file():
+            return weights
+        if (path / RUN_CHECKPOINT).is_file():
+            raise WeightsError(f"{path} is a folder, not a weights file, and its run has not finished "
+                               f"(no {RUN_WEIGHTS} yet); resume it with `googlenet train --resume {path}`")
+        raise WeightsError(f"{path} is a folder, not a weights file; expected {weights}, "
+                           "which a finished `googlenet train` run writes")
+    return _existing(path)
+
+
 def _existing(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.is_file():
@@ -114,10 +136,88 @@ def _existing(path: str | os.PathLike) -> Path:
 
 
 def _not_weights_message(path: Path, error: Exception) -> str:
+    other_output = _other_output_message(path)
+    if other_output:
+        return other_output
     hint = ""
     if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
         hint = "; for a torchvision checkpoint run `googlenet import-torchvision FILE.pth OUT.safetensors`"
     return f"{path} is not a safetensors weights file ({first_line(error)}){hint}"
+
+
+def _other_output_message(path: Path) -> str | None:
+    """The error for a file that is one of googlenet's other outputs given where weights go: the
+    generic "not a safetensors file" would send a user with a run's checkpoint to import-torchvision."""
+    if path.suffix.lower() == ".onnx":
+        return (f"{path} is already an ONNX export; this command takes .safetensors weights "
+                "(the file it was exported from)")
+    try:
+        names = zipfile.ZipFile(path).namelist() if zipfile.is_zipfile(path) else []
+    except (OSError, zipfile.BadZipFile):
+        return None
+    if any(name.endswith("extra/googlenet_meta.json") for name in names):  # export.TORCHSCRIPT_META_FILE
+        return (f"{path} is a TorchScript export (for C++/mobile deployment); this command takes "
+                ".safetensors weights (the file it was exported from)")
+    if any(name.endswith("data.pkl") for name in names) and _is_training_checkpoint(path):
+        weights = path.parent / RUN_WEIGHTS
+        if weights.is_file():
+            return f"{path} is a training checkpoint, not a weights file; use the run's weights: {weights}"
+        return (f"{path} is a training checkpoint of a run that has not finished (no {weights} yet); "
+                f"resume it with `googlenet train --resume {path.parent}`")
+    return None
+
+
+def _is_training_checkpoint(path: Path) -> bool:
+    """Whether `path` holds what train.checkpoint.load_checkpoint accepts. mmap: the tensors are
+    not read, so a 100 MB checkpoint costs little; weights_only: a planted pickle runs no code."""
+    try:
+        payload = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # refused or unreadable: not a checkpoint googlenet wrote
+        return False
+    return isinstance(payload, dict) and "model" in payload and "config" in payload
+
+
+# How the files torch.save writes begin that weights_only=True can read: a zip archive (the
+# default) or, in the legacy format, a pickle of protocol 2 or 3.
+_TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03")
+# torch's weights-only unpickler uses these words when it refuses to look up or call what a
+# pickle names (how a file carries code); its other refusals are bytes it cannot parse.
+_REFUSED_OBJECT_WORDS = ("GLOBAL", "is blocked", "call reduce", "Can only create new object", "Can only build")
+
+
+class TorchLoadError(Exception):
+    """torch.load(weights_only=True) failed: `reason` in words for a one-line error, and
+    whether the file is one torch.save wrote at all (a PNG given as a checkpoint is not)."""
+
+    def __init__(self, reason: str, written_by_torch_save: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.written_by_torch_save = written_by_torch_save
+
+
+def torch_load_weights_only(path: str | os.PathLike):
+    """torch.load(path, weights_only=True) onto the CPU (no code in the file can run), or TorchLoadError.
+
+    "It holds pickled Python objects" (fileio.load_error_reason) is kept for refusals of what a
+    pickle names: torch reports an image or a text file as an unpickling failure too, which that
+    wording would make look like a planted exploit. Such files are told apart by their first
+    bytes before torch.load (which would also print a warning about pickle protocols for them).
+    """
+    not_torch_save = TorchLoadError("not a file torch.save wrote", written_by_torch_save=False)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_TORCH_SAVE_MAGIC[0]))
+    except OSError:
+        head = _TORCH_SAVE_MAGIC[0]  # let torch.load report the OSError
+    if not head.startswith(_TORCH_SAVE_MAGIC):
+        raise not_torch_save
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError, RuntimeError, EOFError, ...
+        text = str(e)
+        if "Weights only load failed" in text and not any(word in text for word in _REFUSED_OBJECT_WORDS):
+            raise not_torch_save from None
+        raise TorchLoadError(load_error_reason(e), written_by_torch_save=True) from None
 
 
 # ------------------------------------------------------------------ torchvision
@@ -150,12 +250,10 @@ def read_torch_checkpoint(path: str | os.PathLike) -> dict:
     """torch.load with weights_only=True (no code runs); unwraps {'state_dict': ...}."""
     path = _existing(path)
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle.UnpicklingError, RuntimeError, EOFError, ...
-        from ..fileio import load_error_reason
-
+        obj = torch_load_weights_only(path)
+    except TorchLoadError as e:
         raise WeightsError(f"{path}: cannot be read as a PyTorch checkpoint with weights_only=True "
-                           f"({load_error_reason(e)})") from None
+                           f"({e.reason})") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..fileio import atomic_link, atomic_write, load_error_reason
+from ..fileio import atomic_link, atomic_write
+from ..models.weights import TorchLoadError, torch_load_weights_only
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -72,9 +73,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}; --resume takes a run folder holding {LAST}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated file, not a checkpoint, pickled objects
-        raise UserError(f"{path}: cannot be read as a training checkpoint ({load_error_reason(e)})") from None
+        payload = torch_load_weights_only(path)
+    except TorchLoadError as e:  # an image, a truncated file, pickled objects
+        if not e.written_by_torch_save:
+            raise UserError(f"{path} is not a training checkpoint ({e.reason}); "
+                            f"--resume takes a run folder holding {LAST}") from None
+        raise UserError(f"{path}: cannot be read as a training checkpoint ({e.reason})") from None
     if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
         raise UserError(f"{path}: not a googlenet training checkpoint")
     return payload
