@@ -127,7 +127,7 @@ def test_rgb_to_gray_matches_pillow_luma(tmp_path):
 
 @pytest.mark.parametrize("name, reason", [
     ("empty.png", "empty"), ("truncated.png", "corrupt or truncated"), ("truncated.jpg", "corrupt or truncated"),
-    ("notes.txt", "not an image"), ("bomb.png", "decompression bomb"), ("a_folder", "directory"),
+    ("notes.txt", "not an image"), ("bomb.png", "decompression bomb"), ("a_folder", "a folder with no image files"),
     ("missing.png", "no such file")])
 def test_bad_files_raise_one_line_errors_naming_the_file(tmp_path, name, reason):
     path = write_bad_files(tmp_path)[name]
@@ -341,9 +341,28 @@ def test_our_other_files_given_as_weights_say_what_they_are(tiny, tmp_path, caps
     assert "training checkpoint" in err and str(run / "model.safetensors") in err
 
 
-def test_a_folder_given_as_an_image_suggests_its_files(tmp_path):
-    with pytest.raises(ImageReadError, match=r"is a directory.*pass the images in it"):
+def test_a_folder_without_images_is_reported_as_such(tmp_path):
+    with pytest.raises(ImageReadError, match=r"a folder with no image files directly in it \(.jpg"):
         read_image(tmp_path, 3)
+
+
+def test_predict_classifies_every_image_in_a_folder(tiny, tmp_path, capsys):
+    _, weights = tiny
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("b.PNG", "a.jpg"):
+        Image.fromarray(gradient()).save(photos / name, format="PNG" if name.endswith("PNG") else "JPEG")
+    (photos / "notes.txt").write_text("not an image")
+    (photos / "nested").mkdir()
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "loose").mkdir()
+    loose = write_modes(tmp_path / "loose")["rgb.png"]
+    code = cli_main(["predict", str(weights), str(photos), str(loose), str(tmp_path / "empty"), "--json",
+                     "--device", "cpu"])
+    captured = capsys.readouterr()
+    paths = [json.loads(line)["path"] for line in captured.out.splitlines()]
+    assert paths == [str(photos / "a.jpg"), str(photos / "b.PNG"), str(loose), str(tmp_path / "empty")]
+    assert code == 1 and "a folder with no image files" in captured.err and captured.err.count("\n") == 1
 
 
 def test_a_malicious_pickle_as_weights_runs_no_code(tmp_path, capsys, malicious_pickle):

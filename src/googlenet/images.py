@@ -110,6 +110,25 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return image
 
 
+# The suffixes a folder's images are picked by: torchvision's ImageFolder's, plus GIF (readable here).
+FOLDER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+
+def expand_folders(paths: list[str]) -> list[str]:
+    """IMAGE arguments with each folder replaced by the image files directly in it (by suffix,
+    sorted by name; not its subfolders). A folder holding none stays, to be reported when read."""
+    expanded: list[str] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            inside = sorted(str(p) for p in path.iterdir()
+                            if p.suffix.lower() in FOLDER_IMAGE_SUFFIXES and not p.is_dir())
+            expanded.extend(inside or [name])
+        else:
+            expanded.append(name)
+    return expanded
+
+
 def _check_regular_file(path: Path) -> None:
     try:
         info = path.stat()
@@ -118,8 +137,8 @@ def _check_regular_file(path: Path) -> None:
     except OSError as e:
         raise ImageReadError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from None
     if stat.S_ISDIR(info.st_mode):
-        raise ImageReadError(f"{path}: is a directory, not an image file; pass the images in it "
-                             f"(e.g. {path / '*.jpg'})")
+        raise ImageReadError(f"{path}: a folder with no image files directly in it "
+                             f"({', '.join(FOLDER_IMAGE_SUFFIXES)}); pass image files or a folder of them")
     if not stat.S_ISREG(info.st_mode):  # FIFOs and devices could block or never end
         raise ImageReadError(f"{path}: not a regular file")
     if info.st_size == 0:

@@ -12,11 +12,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "a one-line error on stderr, the others are still classified, and the exit code is 1.",
         epilog="examples:\n"
         "  googlenet predict runs/demo/model.safetensors shoe.png shirt.jpg --topk 3\n"
-        "  googlenet predict runs/demo/model.onnx photos/*.jpg --json   # ONNX Runtime, chosen by the suffix",
+        "  googlenet predict runs/demo/model.onnx photos/*.jpg --json   # ONNX Runtime, chosen by the suffix\n"
+        "  googlenet predict runs/demo photos/                          # every image in a folder",
     )
     p.add_argument("weights", help=".safetensors weights written by googlenet, a finished run folder "
                    "(RUN means RUN/model.safetensors), or an .onnx export")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, BMP, GIF, TIFF, WebP)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, BMP, GIF, TIFF, WebP), "
+                   "or folders: the image files directly in each")
     p.add_argument("--topk", type=int, default=5, metavar="K", help="labels per image (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per line per file, with its path")
     p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
@@ -32,13 +34,15 @@ def predict_cmd(args: argparse.Namespace) -> int:
     import sys
 
     from ..errors import UserError
+    from ..images import expand_folders
     from ..predict import format_prediction, load_classifier, predict_files
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be positive, not {args.batch_size}")
     classifier = load_classifier(args.weights, backend=args.backend, device=args.device)
     failed = 0
-    for prediction in predict_files(classifier, args.images, topk=args.topk, batch_size=args.batch_size):
+    images = expand_folders(args.images)
+    for prediction in predict_files(classifier, images, topk=args.topk, batch_size=args.batch_size):
         if not prediction.ok:
             failed += 1
             print(f"googlenet predict: error: {prediction.error}", file=sys.stderr)
