@@ -392,3 +392,10 @@ def test_a_run_folder_means_its_weights(tiny, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{run} is a folder, not a weights file" in err, err
     assert f"googlenet train --resume {run}" in err
+
+
+def test_forgetting_the_weights_or_the_images_is_one_line(capsys):
+    assert cli_main(["predict", "shoe.png"]) == 2
+    assert "no weights given: the first argument is the model" in capsys.readouterr().err
+    assert cli_main(["predict", "runs/x/model.safetensors"]) == 2
+    assert "no images given" in capsys.readouterr().err

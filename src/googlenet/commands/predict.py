@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("weights", help=".safetensors weights written by googlenet, a finished run folder "
                    "(RUN means RUN/model.safetensors), or an .onnx export")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, BMP, GIF, TIFF, WebP), "
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (JPEG, PNG, BMP, GIF, TIFF, WebP), "
                    "or folders: the image files directly in each")
     p.add_argument("--topk", type=int, default=5, metavar="K", help="labels per image (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per line per file, with its path")
@@ -37,6 +37,13 @@ def predict_cmd(args: argparse.Namespace) -> int:
     from ..images import expand_folders
     from ..predict import format_prediction, load_classifier, predict_files
 
+    if not args.images:  # argparse's "required: IMAGE" would not say that the weights come first
+        from ..images import FOLDER_IMAGE_SUFFIXES
+
+        if args.weights.lower().endswith(FOLDER_IMAGE_SUFFIXES):
+            raise UserError(f"no weights given: the first argument is the model, then the images "
+                            f"(googlenet predict WEIGHTS {args.weights})")
+        raise UserError("no images given: googlenet predict WEIGHTS IMAGE [IMAGE ...]")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be positive, not {args.batch_size}")
     classifier = load_classifier(args.weights, backend=args.backend, device=args.device)

@@ -118,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
         weights = checkpoint.finished_weights(args.resume)
         if weights is not None:  # nothing left to train; re-running the final test would cost minutes
             print(f"{weights.parent} has finished: its model is {weights}; nothing to resume "
-                  f"(test it again with `googlenet eval {weights}`)")
+                  f"(test it again with `googlenet eval {weights}`, or train on from it in a new run "
+                  f"with `googlenet train --weights {weights} --out NEW_RUN`)")
             return 0
     if not args.resume:
         flags = {k: getattr(args, k) for k in CONFIG_FLAGS}
