@@ -82,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         # A run stopped on request (Ctrl-C, SIGTERM) is not an error: it says how to continue.
         label = "" if getattr(e, "requested", False) else "error: "
-        print(f"googlenet {args.command}: {label}{e}", file=sys.stderr)
+        try:
+            print(f"googlenet {args.command}: {label}{e}", file=sys.stderr)
+        except OSError:  # stderr has gone (a closed pipe or terminal): the exit code still tells
+            pass
         return e.exit_code
     except KeyboardInterrupt as e:  # a training run's second Ctrl-C says what it cost (guard.StoppedAtOnce)
         print(f"googlenet {args.command}: {e or 'interrupted'}", file=sys.stderr)

@@ -81,6 +81,11 @@ def _fsync_folder(folder: Path) -> None:
         pass
 
 
+# torch's weights-only unpickler uses these words when it refuses to look up or call what a
+# pickle names (how a file carries code); its other refusals are bytes it cannot parse.
+REFUSED_OBJECT_WORDS = ("GLOBAL", "is blocked", "call reduce", "Can only create new object", "Can only build")
+
+
 def load_error_reason(error: BaseException) -> str:
     """A short reason for a failed torch.load(weights_only=True), for one-line errors.
 
@@ -89,8 +94,10 @@ def load_error_reason(error: BaseException) -> str:
     """
     text = str(error).strip()
     if "Weights only load failed" in text:
-        return ("it holds pickled Python objects, not just tensors and plain data; refused without running "
-                "them (a file from an untrusted source may carry code)")
+        if any(word in text for word in REFUSED_OBJECT_WORDS):
+            return ("it holds pickled Python objects, not just tensors and plain data; refused without running "
+                    "them (a file from an untrusted source may carry code)")
+        return "a pickle torch cannot read as plain data: corrupt, truncated or not a checkpoint"
     if "PytorchStreamReader" in text or "zip archive" in text:
         return "not a readable zip archive: truncated, corrupt or not a PyTorch file"
     if isinstance(error, (KeyError, EOFError, UnicodeDecodeError)) or "load key" in text:

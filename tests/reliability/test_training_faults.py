@@ -90,15 +90,16 @@ def test_sigint_saves_a_checkpoint_mid_epoch_and_resume_finishes(fmnist, tmp_pat
     assert [int(r["images"]) for r in rows] == [32, 32, 32]  # the stopped epoch counted in full
 
 
-def _child_run_past_epoch_1(tmp_path: Path, epochs: int = 20, prefix: tuple[str, ...] = ()):
-    """A tiny `googlenet train` in a child process (stdout and stderr piped), returned once it
-    has printed its first epoch's line, with its run folder."""
+def _child_run_past_epoch_1(tmp_path: Path, epochs: int = 20, prefix: tuple[str, ...] = (),
+                            stderr: int = subprocess.PIPE):
+    """A tiny `googlenet train` in a child process (stdout piped; stderr too, or into stdout
+    with subprocess.STDOUT), returned once it has printed its first epoch's line, with its run folder."""
     data = write_fashion_mnist(tmp_path / "fm")
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GOOGLENET_CACHE": str(tmp_path / "cache"), "MPLBACKEND": "Agg"}
     child = subprocess.Popen([*prefix, sys.executable, "-m", "googlenet", "train", "--data", str(data), *TINY,
                               "--epochs", str(epochs), "--out", str(run)], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=stderr, text=True)
     for line in child.stdout:  # wait until a training epoch has ended
         if line.startswith("epoch 1/"):
             break
@@ -347,19 +348,23 @@ def test_a_closed_terminal_stops_cleanly_with_exit_129(tmp_path):
     assert "Traceback" not in (run / "metrics.csv").read_text()
 
 
-def test_output_piped_to_a_reader_that_ends_stops_cleanly_with_exit_141(tmp_path):
+@pytest.mark.parametrize("stderr_too", [False, True], ids=["stdout", "2>&1"])
+def test_output_piped_to_a_reader_that_ends_stops_cleanly_with_exit_141(tmp_path, stderr_too):
     """`googlenet train | tee log`, and tee ends (killed, or `| head`): the next print would fail
     with EPIPE and end the run without a checkpoint. Instead the output is dropped and the run
-    stops as if asked, saving its checkpoint; stderr, still readable, says so."""
-    child, run = _child_run_past_epoch_1(tmp_path)
+    stops as if asked, saving its checkpoint; stderr, if still readable, says so. With `2>&1`
+    stderr is the same dead pipe: it is silenced too, and the exit code still tells."""
+    child, run = _child_run_past_epoch_1(tmp_path, stderr=subprocess.STDOUT if stderr_too else subprocess.PIPE)
     try:
         child.stdout.close()  # the reader ends
-        err = child.stderr.read()
+        err = "" if stderr_too else child.stderr.read()
         child.wait(timeout=120)
     finally:
         child.kill()
     assert child.returncode == 128 + signal.SIGPIPE, err
-    assert "stopped because its output went away" in err and f"--resume {run}" in err and "Traceback" not in err
+    if not stderr_too:
+        assert "stopped because its output went away" in err and f"--resume {run}" in err
+        assert "Traceback" not in err
     state = _checkpoint(run)
     assert 1 <= state["epoch"] < 20
 

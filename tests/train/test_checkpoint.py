@@ -26,13 +26,18 @@ def test_an_image_is_not_a_checkpoint_and_holds_no_pickle(tmp_path):
     assert "pickled" not in message and "\n" not in message
 
 
-@pytest.mark.parametrize("content", [b"hello, not a checkpoint\n", b"", b"\x80\x04\x95 a protocol-4 pickle"])
-def test_other_files_torch_save_never_writes(tmp_path, content):
+@pytest.mark.parametrize("content, says", [
+    (b"hello, not a checkpoint\n", "not a file torch.save wrote"),
+    (b"", "not a file torch.save wrote"),
+    (b"\x80\x04\x95 a damaged protocol-4 pickle", "a pickle torch cannot read as plain data"),
+])
+def test_other_files_torch_save_never_writes(tmp_path, content, says, recwarn):
     path = tmp_path / "last.pt"
     path.write_bytes(content)
-    with pytest.raises(UserError, match="not a file torch.save wrote") as info:
+    with pytest.raises(UserError, match=says) as info:
         load_checkpoint(tmp_path)
     assert "pickled" not in str(info.value)
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]  # no second stderr line
 
 
 def test_refused_objects_are_still_called_pickled_objects(tmp_path):

@@ -235,6 +235,30 @@ def test_nproc_flag_mistakes_end_before_launching(tmp_path):
     assert "torch.distributed" not in bad.stderr and bad.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("under_nohup", [False, True])
+def test_nproc_under_nohup_leaves_sighup_ignored(monkeypatch, under_nohup):
+    """`nohup googlenet train --nproc 2 &`: torchrun's agent would take SIGHUP over and pass it on,
+    stopping the job when the terminal closes; under nohup it is left out of the agent's signals."""
+    import signal
+
+    import torch.distributed.run as torchrun
+
+    from googlenet.train import distributed
+
+    seen = []
+    monkeypatch.setattr(torchrun, "run", lambda launch: seen.append((launch.signals_to_handle,
+                                                                     signal.getsignal(signal.SIGHUP))))
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN if under_nohup else signal.SIG_DFL)
+    try:
+        assert distributed.launch_local(2, ["--epochs", "1"]) == 0
+        after = signal.getsignal(signal.SIGHUP)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    (handled, during), = seen
+    assert ("SIGHUP" in handled) != under_nohup
+    assert during == after == (signal.SIG_IGN if under_nohup else signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("signal_name, code", [("SIGTERM", 143), ("SIGINT", 130)])
 def test_a_stop_request_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, data, signal_name, code):
     """The signal reaches rank 1 only, during step 6 of 12; each step's flags are read a step late

@@ -128,6 +128,49 @@ def test_a_second_signal_is_one_line_from_the_cli(monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == f"googlenet train: {lost}"
 
 
+def test_a_terminal_closing_hangs_up_twice_which_is_one_request(tmp_path, monkeypatch, capsys):
+    """bash passes its SIGHUP on to the foreground job, then the kernel sends one as bash exits."""
+    import signal
+
+    monkeypatch.setattr(guard, "detach_from_terminal", lambda: None)  # pytest's own terminal stays
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    with guard.StopSignals(tmp_path) as stops:
+        stops._handle(signal.SIGHUP, None)
+        stops._handle(signal.SIGHUP, None)  # no StoppedAtOnce: the checkpoint is still written
+        assert stops.received == signal.SIGHUP
+        with pytest.raises(guard.StoppedAtOnce):  # the user insisting is still "at once"
+            stops._handle(signal.SIGINT, None)
+    with guard.StopSignals(tmp_path) as stops:
+        stops._handle(signal.SIGINT, None)
+        stops._handle(signal.SIGHUP, None)  # Ctrl-C, then the window closed: still one request
+        assert stops.received == signal.SIGINT
+    assert capsys.readouterr().err.count("received: stopping") == 2
+
+
+def test_a_forked_loader_worker_leaves_stopping_to_the_main_process(monkeypatch):
+    import signal
+
+    with guard.StopSignals() as stops:
+        monkeypatch.setattr(guard.os, "getpid", lambda: stops._pid + 1)  # as in a forked DataLoader worker
+        stops._handle(signal.SIGINT, None)
+        stops._handle(signal.SIGINT, None)  # no KeyboardInterrupt in the worker either
+        assert stops.received is None
+
+
+def test_nested_entries_restore_the_callers_handlers_and_streams_once():
+    import signal
+    import sys
+
+    before = (signal.getsignal(signal.SIGINT), sys.stdout, sys.stderr)
+    with guard.StopSignals() as stops:
+        inside = (signal.getsignal(signal.SIGINT), sys.stdout, sys.stderr)
+        with stops:
+            pass
+        assert (signal.getsignal(signal.SIGINT), sys.stdout, sys.stderr) == inside  # still ours
+    assert (signal.getsignal(signal.SIGINT), sys.stdout, sys.stderr) == before
+
+
 def test_stop_votes_sum_over_processes_and_name_the_signal():
     import signal
 

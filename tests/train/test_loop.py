@@ -167,6 +167,20 @@ def test_images_too_small_for_the_network_are_one_line_before_training(fmnist_di
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+def test_the_size_check_leaves_models_it_cannot_probe_to_the_real_run():
+    """A layer without a meta-device kernel must not turn into a false "cannot run" verdict."""
+    from googlenet.train.setup import check_input_size
+
+    class NoMeta(torch.nn.Module):
+        def forward(self, x):
+            if x.is_meta:
+                raise NotImplementedError("no meta kernel for this op")
+            return x
+
+    check_input_size(NoMeta(), 28, 1, "custom")  # no error
+    check_input_size(googlenet.create_model("googlenet_cifar", in_chans=1), 28, 1, "googlenet_cifar")
+
+
 def test_progress_lines_without_a_terminal(fmnist_dir, tmp_path, capsys, monkeypatch):
     """Under a log file (no TTY) tqdm is silent; plain progress lines take its place."""
     from googlenet.train import loop

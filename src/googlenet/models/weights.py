@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -152,7 +153,11 @@ def _other_output_message(path: Path) -> str | None:
         return (f"{path} is already an ONNX export; this command takes .safetensors weights "
                 "(the file it was exported from)")
     try:
-        names = zipfile.ZipFile(path).namelist() if zipfile.is_zipfile(path) else []
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        else:
+            names = []
     except (OSError, zipfile.BadZipFile):
         return None
     if any(name.endswith("extra/googlenet_meta.json") for name in names):  # export.TORCHSCRIPT_META_FILE
@@ -177,12 +182,9 @@ def _is_training_checkpoint(path: Path) -> bool:
     return isinstance(payload, dict) and "model" in payload and "config" in payload
 
 
-# How the files torch.save writes begin that weights_only=True can read: a zip archive (the
-# default) or, in the legacy format, a pickle of protocol 2 or 3.
-_TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03")
-# torch's weights-only unpickler uses these words when it refuses to look up or call what a
-# pickle names (how a file carries code); its other refusals are bytes it cannot parse.
-_REFUSED_OBJECT_WORDS = ("GLOBAL", "is blocked", "call reduce", "Can only create new object", "Can only build")
+# How the files torch.save writes begin: a zip archive (the default) or, in the legacy format,
+# a pickle (protocol 2 by default; 3-5 with pickle_protocol=). Anything else was not written by it.
+_TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
 class TorchLoadError(Exception):
@@ -212,11 +214,11 @@ def torch_load_weights_only(path: str | os.PathLike):
     if not head.startswith(_TORCH_SAVE_MAGIC):
         raise not_torch_save
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # "Detected pickle protocol 4 ...": a second stderr line that is torch's own business.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # pickle.UnpicklingError, RuntimeError, EOFError, ...
-        text = str(e)
-        if "Weights only load failed" in text and not any(word in text for word in _REFUSED_OBJECT_WORDS):
-            raise not_torch_save from None
         raise TorchLoadError(load_error_reason(e), written_by_torch_save=True) from None
 
 

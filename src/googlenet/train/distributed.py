@@ -301,6 +301,13 @@ def _read_stop_report(path: str) -> tuple[int, str] | None:
         return None
 
 
+def _torchrun_has_option(option: str) -> bool:
+    """Whether this torch's torchrun takes `option` (torch >= 2.5 is supported; options came later)."""
+    from torch.distributed.run import get_args_parser
+
+    return any(option in action.option_strings for action in get_args_parser()._actions)
+
+
 def launch_local(nproc: int, train_args: list[str]) -> int:
     """Run `googlenet train <train_args>` in `nproc` processes on this machine with torchrun's
     launcher (standalone rendezvous on a free local port), in this process so that its
@@ -315,7 +322,12 @@ def launch_local(nproc: int, train_args: list[str]) -> int:
 
     if nproc < 1:
         raise UserError(f"--nproc must be at least 1, got {nproc}")
-    launch = parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "googlenet", "train", *train_args])
+    options = ["--standalone", f"--nproc_per_node={nproc}"]
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN and _torchrun_has_option("--signals-to-handle"):
+        # Started under nohup: the job must outlive its terminal. torchrun's agent would take
+        # SIGHUP over (and pass it on to the processes); leave it ignored, as nohup set it.
+        options.append("--signals-to-handle=SIGTERM,SIGINT,SIGQUIT")
+    launch = parse_args([*options, "-m", "googlenet", "train", *train_args])
     saved_env = dict(os.environ)
     # torchrun's agent installs its own signal handlers and never puts ours back.
     saved_handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)}

@@ -55,16 +55,16 @@ class StopRequested(RunError):
 
 
 def detach_from_terminal() -> None:
-    """Point whichever of stdin/stdout/stderr is a terminal at /dev/null.
+    """Point whichever of stdin/stdout/stderr is a hung-up terminal at /dev/null.
 
     After a hangup every write to the terminal fails (EIO), and the loop still has a step, a
-    progress bar and a checkpoint line to get through before it stops. A hung-up terminal no
-    longer answers isatty() (that ioctl fails with EIO too), so any character device counts;
-    a file or pipe the user redirected the output to is left alone."""
+    progress bar and a checkpoint line to get through before it stops. A hung-up terminal is
+    a character device that no longer answers isatty() (that ioctl fails with EIO too); a live
+    terminal (a `kill -HUP` from elsewhere) keeps its output, and so does a file or pipe."""
     with open(os.devnull, "r+b") as devnull:
         for fd in (0, 1, 2):
             try:
-                if stat.S_ISCHR(os.fstat(fd).st_mode):
+                if stat.S_ISCHR(os.fstat(fd).st_mode) and not os.isatty(fd):
                     os.dup2(devnull.fileno(), fd)
             except OSError:
                 pass  # that descriptor is closed: nothing to protect
@@ -72,6 +72,20 @@ def detach_from_terminal() -> None:
 
 # The errors of a write whose reader has gone: a pipe's (EPIPE), a hung-up terminal's (EIO).
 LOST_OUTPUT_ERRNOS = (errno.EPIPE, errno.EIO)
+
+
+def _silence_fd(lost: int) -> None:
+    """Point descriptor `lost` at /dev/null, and stdout/stderr too where they are the same pipe or
+    terminal (`2>&1 | tee log`): the error line and the resume command would fail there next."""
+    same = os.fstat(lost)
+    with open(os.devnull, "wb") as devnull:
+        for fd in {lost, 1, 2}:
+            try:
+                info = os.fstat(fd)
+            except OSError:
+                continue
+            if (info.st_dev, info.st_ino) == (same.st_dev, same.st_ino):
+                os.dup2(devnull.fileno(), fd)
 
 
 class _OutputWatch:
@@ -89,8 +103,7 @@ class _OutputWatch:
             if error.errno not in LOST_OUTPUT_ERRNOS:
                 raise
             try:
-                with open(os.devnull, "wb") as devnull:
-                    os.dup2(devnull.fileno(), self._stream.fileno())
+                _silence_fd(self._stream.fileno())
             except (OSError, ValueError):
                 pass  # no descriptor of its own: the stream stays, its next failure lands here again
             self._lost()
@@ -128,8 +141,14 @@ class StopSignals:
         self._received_at = 0.0
         self._previous: dict[int, object] = {}
         self._streams: tuple[Any, Any] | None = None
+        self._pid = os.getpid()
+        self._depth = 0  # nested entries: only the outermost installs and restores
 
     def __enter__(self) -> "StopSignals":
+        self._depth += 1
+        if self._depth > 1:
+            return self
+        self._pid = os.getpid()
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
                 if signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN:
@@ -143,6 +162,13 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._depth = max(0, self._depth - 1)
+        if self._depth == 0:
+            self._restore()
+
+    def _restore(self) -> None:
+        """Put back the handlers and streams found on entry."""
+        self._depth = 0
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
@@ -157,15 +183,23 @@ class StopSignals:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         from .distributed import env_rank, launched_by_torchrun
 
+        if signum == signal.SIGHUP:
+            detach_from_terminal()  # first, in every process: the writes below would fail otherwise
+        if os.getpid() != self._pid:
+            # A DataLoader worker forked during the run inherits this handler: the main process
+            # decides when to stop, and a worker that stopped itself would fail the loader.
+            return
+        if signum == signal.SIGHUP and self.received not in (None, signal.SIGPIPE):
+            # A closing terminal often hangs the job up twice (the shell passes its own SIGHUP on,
+            # then the kernel sends one as it exits): one request, not "stop at once".
+            return
         if self.received is not None and self.received != signal.SIGPIPE:
             if (signum == self.received and launched_by_torchrun()
                     and time.monotonic() - self._received_at < REPEAT_GRACE_S):
                 return  # the same request delivered twice
-            self.__exit__()  # asked twice: stop now, without a checkpoint
+            self._restore()  # asked twice: stop now, without a checkpoint
             raise StoppedAtOnce(self._lost_work(signum))
         self.received, self._received_at = signum, time.monotonic()
-        if signum == signal.SIGHUP:
-            detach_from_terminal()
         if env_rank() == 0:  # one line per job, not per process
             try:
                 # On a terminal the line starts below the progress bar; in a log file, no blank line.

@@ -482,7 +482,8 @@ class Trainer:
                  f"({total * self.train_loader.global_batch} images, {total / per_pass:.3g} passes) in "
                  f"{epochs} epochs{subset_note}; final test on all {test_images} images")
         if final_eval_s > 0.5 * budget:  # the budget is mostly the final test: the run will overrun or barely train
-            fits = max(self.test_loader.batch_size, int(0.25 * budget * eval_rate) // 10 * 10)
+            passes = 3 if self.config.tta_flip else 1  # flip averaging tests each image three times
+            fits = max(self.test_loader.batch_size, int(0.25 * budget * eval_rate / passes) // 10 * 10)
             self.say(f"note: the final test alone takes ~{final_eval_s:.0f} s of the {budget:.0f}-s budget "
                      f"({test_images} images at {eval_rate:.0f} img/s), so the run will train little and may "
                      f"overrun it; give a longer --budget, or test on fewer images with --limit-test {fits}")
