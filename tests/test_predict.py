@@ -399,3 +399,15 @@ def test_forgetting_the_weights_or_the_images_is_one_line(capsys):
     assert "no weights given: the first argument is the model" in capsys.readouterr().err
     assert cli_main(["predict", "runs/x/model.safetensors"]) == 2
     assert "no images given" in capsys.readouterr().err
+
+
+def test_metadata_that_does_not_fit_the_model_names_the_file(tmp_path, capsys):
+    """With --ensemble or several runs around, "the weights' metadata" alone does not say which."""
+    model = googlenet.create_model("googlenet_cifar", in_chans=1, num_classes=10, aux_logits=False)
+    path = tmp_path / "odd.safetensors"
+    googlenet.save_weights(model, path, **{**META, "mean": [0.5, 0.5], "std": [0.5, 0.5]})
+    image = tmp_path / "x.png"
+    Image.fromarray(gradient()).save(image)
+    assert cli_main(["predict", str(path), str(image), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"googlenet predict: error: {path}: the weights' metadata has mean/std for 2 channel(s)")

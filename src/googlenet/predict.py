@@ -197,7 +197,11 @@ def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: s
             if hint:
                 raise UserError(hint) from None
             raise e
-        return TorchClassifier(model, resolve_device(device), bf16=bf16)
+        on = resolve_device(device)
+        try:
+            return TorchClassifier(model, on, bf16=bf16)
+        except UserError as e:  # its metadata (mean/std, class names) does not fit: name the file
+            raise UserError(f"{weights}: {e}") from None
     if backend == "onnxruntime":
         try:
             from .onnx_backend import OnnxClassifier
@@ -211,7 +215,10 @@ def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: s
         if not num_classes:
             raise UserError(f"{weights}: the ONNX model carries no class names; re-export it with "
                             "`googlenet export WEIGHTS --format onnx`")
-        classifier.meta = complete_meta(meta, num_classes, int(meta.get("in_chans", 3)))
+        try:
+            classifier.meta = complete_meta(meta, num_classes, int(meta.get("in_chans", 3)))
+        except UserError as e:
+            raise UserError(f"{weights}: {e}") from None
         return classifier
     raise UserError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 

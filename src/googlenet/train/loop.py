@@ -13,6 +13,7 @@ import functools
 import io
 import math
 import random
+import re
 import statistics
 import sys
 import time
@@ -151,6 +152,12 @@ def train(config: TrainConfig, out: str | Path | None = None, resume: str | Path
             if failed is None:
                 raise
             raise failed from None
+
+
+def _budget_label(budget: str) -> str:
+    """--budget as the user wrote it, with its unit: a bare number means seconds ("10" -> "10s")."""
+    text = str(budget).strip()
+    return f"{text}s" if re.fullmatch(r"\d+(\.\d+)?", text) else text
 
 
 class Trainer:
@@ -451,7 +458,7 @@ class Trainer:
         c = self.config
         budget = c.budget_seconds()
         calib = CALIBRATION_STEPS.get(self.device.type, 8)
-        self.say(f"budget {c.budget}: timing {calib} training steps to fit the schedule ...")
+        self.say(f"budget {_budget_label(c.budget)}: timing {calib} training steps to fit the schedule ...")
         self._epoch_sums = self._zero_sums()
         step_s = self._calibrate(calib, budget)
         calib = self.step  # steps taken (fewer when the machine is very slow)
@@ -478,7 +485,7 @@ class Trainer:
         subset_note = f", per-epoch test on the first {eval_subset} images" if eval_subset else ""
         if light:
             subset_note += ", under one pass: flips only (no crops/erasing)"
-        self.say(f"budget {c.budget}: {step_s:.2f} s/step, {eval_rate:.0f} test img/s -> {total} steps "
+        self.say(f"budget {_budget_label(c.budget)}: {step_s:.2f} s/step, {eval_rate:.0f} test img/s -> {total} steps "
                  f"({total * self.train_loader.global_batch} images, {total / per_pass:.3g} passes) in "
                  f"{epochs} epochs{subset_note}; final test on all {test_images} images")
         if final_eval_s > 0.5 * budget:  # the budget is mostly the final test: the run will overrun or barely train
@@ -516,7 +523,7 @@ class Trainer:
             return  # on course
         ends = plan.epoch_ends[: self.epoch] + [
             self.step + round((total - self.step) * (e + 1) / epochs_left) for e in range(epochs_left)]
-        self.say(f"budget {c.budget}: re-planned after epoch {self.epoch}: {step_s:.3f} s/step and "
+        self.say(f"budget {_budget_label(c.budget)}: re-planned after epoch {self.epoch}: {step_s:.3f} s/step and "
                  f"{cycle_overhead_s:.2f} s of test and checkpoint per epoch -> {total} steps in "
                  f"{self.epoch + epochs_left} epochs (planned {plan.total_steps} in {plan.epochs})")
         warmup_steps = plan.warmup_steps if plan.warmup_steps is not None else c.warmup * plan.total_steps
