@@ -14,6 +14,8 @@ timed uncompiled), so one failure does not lose a row; a bf16 row whose outputs 
 torchvision's by more than bf16 rounding explains carries a CHECK note.
 The training row on CPU has no torchvision counterpart (torchvision has no 28-px
 GoogLeNet): its reference column is the plain, unoptimised googlenet_cifar in eager mode.
+Training rows step ours with torch's fused SGD kernel, as `googlenet train` does, and the
+reference with torch's default SGD, as a script written for torchvision would.
 
 Timing rules: warm-up (and compilation) excluded, CUDA synchronised, the median of the
 repeats, random non-zero inputs. speedup = reference time / our time (higher is better).
@@ -184,12 +186,15 @@ def _googlenet_loss(outputs, target: Tensor) -> Tensor:
 
 
 def _train_fn(model: nn.Module, x: Tensor, target: Tensor, device: torch.device, precision: str,
-              channels_last: bool) -> Callable[[], None]:
-    """One training step: forward, main + 0.3 x aux losses, backward, SGD step."""
+              channels_last: bool, fused_sgd: bool = False) -> Callable[[], None]:
+    """One training step: forward, main + 0.3 x aux losses, backward, SGD step. fused_sgd: torch's
+    fused SGD kernel, as `googlenet train` steps (build_optimizer); else torch's default, as a
+    torchvision user's script would."""
     model.train()
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)  # small lr: stays finite
+    # small lr: stays finite
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, fused=fused_sgd or None)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -352,27 +357,36 @@ def _describe_inference(model: nn.Module, precision: str) -> str:
 
 
 def bench_train_cifar_cpu(s: Settings) -> Row:
-    """CPU training img/s of googlenet_cifar (28 px, 1 channel): fused vs plain eager,
-    each the faster of NCHW and channels_last."""
+    """CPU training img/s of googlenet_cifar (28 px, 1 channel): ours is the faster of the fused
+    model and the plain one as `googlenet train` runs it on a CPU (channels_last, fused SGD);
+    the reference the plain model with torch's default SGD, each the faster of NCHW and
+    channels_last."""
     device = torch.device("cpu")
     plain = create_model("googlenet_cifar", in_chans=1, num_classes=10)
     fused_nchw = optimize(copy.deepcopy(plain), device, mode="train", channels_last=False)
     fused_cl = optimize(copy.deepcopy(plain), device, mode="train", channels_last=True)
     x = _random_input(s.train_batch, 1, s.train_input_size, device)
     target = torch.randint(0, 10, (s.train_batch,), generator=torch.Generator().manual_seed(0))
+    ours_paths = {
+        "fused 1x1, NCHW, fused SGD": _train_fn(fused_nchw, x, target, device, "fp32", channels_last=False,
+                                                fused_sgd=True),
+        "fused 1x1, channels_last, fused SGD": _train_fn(fused_cl, x, target, device, "fp32", channels_last=True,
+                                                         fused_sgd=True),
+        "plain, channels_last, fused SGD (googlenet train)": _train_fn(
+            _channels_last(plain), x, target, device, "fp32", channels_last=True, fused_sgd=True),
+    }
     contenders = {
-        "fused 1x1, NCHW": _train_fn(fused_nchw, x, target, device, "fp32", channels_last=False),
-        "fused 1x1, channels_last": _train_fn(fused_cl, x, target, device, "fp32", channels_last=True),
+        **ours_paths,
         "plain eager NCHW": _train_fn(plain, x, target, device, "fp32", channels_last=False),
         "plain eager channels_last": _train_fn(_channels_last(plain), x, target, device, "fp32",
                                                channels_last=True),
     }
     times = time_interleaved(contenders, device, warmup=1, repeats=s.batch_repeats)
-    ours = _best(times, ["fused 1x1, NCHW", "fused 1x1, channels_last"])
+    ours = _best(times, list(ours_paths))
     reference = _best(times, ["plain eager NCHW", "plain eager channels_last"])
     return _row(f"train googlenet_cifar {s.train_input_size}px", device, s.train_batch, "fp32", "img/s",
                 ours, reference,
-                reference="plain googlenet_cifar, eager (torchvision has no 28-px GoogLeNet)")
+                reference="plain googlenet_cifar, eager, torch's default SGD (torchvision has no 28-px GoogLeNet)")
 
 
 def bench_train_224(device: torch.device, s: Settings, precision: str = "bf16", compile_ours: bool = True) -> Row:
@@ -383,15 +397,15 @@ def bench_train_224(device: torch.device, s: Settings, precision: str = "bf16", 
     x = _random_input(s.train_batch, 3, s.input_size, device)
     target = torch.randint(0, 1000, (s.train_batch,), device=device)
     notes: list[str] = []
-    ours_path = "fused 1x1, channels_last"
+    ours_path = "fused 1x1, channels_last, fused SGD"
     ours_fn = _train_fn(optimize(copy.deepcopy(ours_src), device, mode="train", compile=compile_ours), x, target,
-                        device, precision, channels_last=True)
+                        device, precision, channels_last=True, fused_sgd=True)
     if compile_ours:
         if _first_call_works(ours_fn, "compiling ours", notes):
             ours_path += ", compiled"
         else:  # timed without compilation instead
             ours_fn = _train_fn(optimize(ours_src, device, mode="train"), x, target, device, precision,
-                                channels_last=True)
+                                channels_last=True, fused_sgd=True)
     contenders = {
         "ours": ours_fn,
         "eager NCHW": _train_fn(copy.deepcopy(tv), x, target, device, precision, channels_last=False),
