@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from googlenet.cli import main
 from googlenet.data.gpu_loader import TensorLoader
@@ -88,6 +89,12 @@ def test_sigint_saves_a_checkpoint_mid_epoch_and_resume_finishes(fmnist, tmp_pat
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert [int(r["images"]) for r in rows] == [32, 32, 32]  # the stopped epoch counted in full
+    # ... and exactly: the weights of a run never stopped (augmentation seeded per step, so the
+    # mid-epoch restart draws the same crops and flips).
+    assert _train(fmnist, tmp_path / "plain", epochs=3) == 0
+    resumed, plain = load_file(run / "model.safetensors"), load_file(tmp_path / "plain" / "model.safetensors")
+    assert resumed.keys() == plain.keys()
+    assert all(torch.equal(resumed[k], plain[k]) for k in plain), "mid-epoch resume drifted from the plain run"
 
 
 def _child_run_past_epoch_1(tmp_path: Path, epochs: int = 20, prefix: tuple[str, ...] = (),

@@ -143,10 +143,11 @@ class TensorLoader(GlobalBatchMixin):
 
     def train_batches(self, first_step: int, steps: int, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
         """`steps` augmented batches starting at global step `first_step`."""
-        # Seeded by where the call starts, so a run resumed at `first_step` draws the same crops.
-        generator = torch.Generator(device=self.device).manual_seed(
-            mix_seed(self.seed, epoch, self.rank, first_step))
         for step in range(first_step, first_step + steps):
+            # Seeded by the step itself, so a run resumed at any step (mid-epoch after a Ctrl-C
+            # included) draws the crops an uninterrupted run draws there. Seeding only where a call
+            # starts matched at epoch boundaries alone. (A host-side seed: no device sync.)
+            generator = torch.Generator(device=self.device).manual_seed(mix_seed(self.seed, epoch, self.rank, step))
             index = self._rank_batch(step)  # already on the device: no copy, no sync
             yield self.prepare(self.images[index], generator), self.labels[index]
 

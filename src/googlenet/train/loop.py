@@ -735,7 +735,7 @@ class Trainer:
                          recipe=self.config.recipe, test_top1=round(final.top1, 3))
             which = "averaged (EMA) weights" if self.ema is not None else "final weights"
             if self.dtype is not None:  # `googlenet eval` computes in fp32 unless told --bf16
-                which += ", bf16 autocast: `googlenet eval --bf16` gives the same figure"
+                which += ", bf16 autocast as `googlenet eval --bf16`; eval's default fp32 may differ slightly"
             # The result as soon as it is known; the plots (a second or two) come after it.
             self.say(f"test accuracy: top-1 {final.top1:.2f}%  top-5 {final.top5:.2f}%  on {final.images} "
                      f"{info.name} test images ({which}); {self.elapsed():.0f}s in all")
