@@ -200,7 +200,7 @@ def test_output_that_goes_away_asks_for_a_stop_instead_of_failing_the_write(tmp_
 
     read_end, write_end = os.pipe()
     stream = os.fdopen(write_end, "w")
-    stops = guard.StopSignals()
+    stops = guard.StopSignals(tmp_path)
     watched = guard._OutputWatch(stream, stops._output_lost)
     watched.write("epoch 1\n")
     watched.flush()
@@ -216,9 +216,9 @@ def test_output_that_goes_away_asks_for_a_stop_instead_of_failing_the_write(tmp_
     monkeypatch.setattr(guard, "detach_from_terminal", lambda: None)  # pytest's own terminal stays
     stops._handle(signal.SIGHUP, None)  # the terminal's hangup arriving just after: not a second request
     assert stops.received == signal.SIGHUP
-    assert str(stops.stopped(7, tmp_path)).startswith("stopped by SIGHUP at step 7")
+    assert str(stops.stopped(7)).startswith("stopped by SIGHUP at step 7")
     stops.received = signal.SIGPIPE
-    assert "output went away" in str(stops.stopped(7, tmp_path))
+    assert "output went away" in str(stops.stopped(7))
     stream.close()
 
     other = guard._OutputWatch(open(tmp_path / "f", "w"), stops._output_lost)

@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -54,6 +54,18 @@ class StopRequested(RunError):
         self.exit_code = 128 + int(signum)
 
 
+def _to_devnull(fds: Iterable[int], chosen: Callable[[int], bool]) -> None:
+    """Point each descriptor in `fds` for which `chosen(fd)` holds at /dev/null; a closed one
+    (OSError) is skipped: there is nothing to protect."""
+    with open(os.devnull, "r+b") as devnull:
+        for fd in fds:
+            try:
+                if chosen(fd):
+                    os.dup2(devnull.fileno(), fd)
+            except OSError:
+                pass
+
+
 def detach_from_terminal() -> None:
     """Point whichever of stdin/stdout/stderr is a hung-up terminal at /dev/null.
 
@@ -61,13 +73,10 @@ def detach_from_terminal() -> None:
     progress bar and a checkpoint line to get through before it stops. A hung-up terminal is
     a character device that no longer answers isatty() (that ioctl fails with EIO too); a live
     terminal (a `kill -HUP` from elsewhere) keeps its output, and so does a file or pipe."""
-    with open(os.devnull, "r+b") as devnull:
-        for fd in (0, 1, 2):
-            try:
-                if stat.S_ISCHR(os.fstat(fd).st_mode) and not os.isatty(fd):
-                    os.dup2(devnull.fileno(), fd)
-            except OSError:
-                pass  # that descriptor is closed: nothing to protect
+    def hung_up(fd: int) -> bool:
+        return stat.S_ISCHR(os.fstat(fd).st_mode) and not os.isatty(fd)
+
+    _to_devnull((0, 1, 2), hung_up)
 
 
 # The errors of a write whose reader has gone: a pipe's (EPIPE), a hung-up terminal's (EIO).
@@ -78,14 +87,7 @@ def _silence_fd(lost: int) -> None:
     """Point descriptor `lost` at /dev/null, and stdout/stderr too where they are the same pipe or
     terminal (`2>&1 | tee log`): the error line and the resume command would fail there next."""
     same = os.fstat(lost)
-    with open(os.devnull, "wb") as devnull:
-        for fd in {lost, 1, 2}:
-            try:
-                info = os.fstat(fd)
-            except OSError:
-                continue
-            if (info.st_dev, info.st_ino) == (same.st_dev, same.st_ino):
-                os.dup2(devnull.fileno(), fd)
+    _to_devnull({lost, 1, 2}, lambda fd: os.path.samestat(os.fstat(fd), same))
 
 
 class _OutputWatch:
@@ -176,6 +178,11 @@ class StopSignals:
             sys.stdout, sys.stderr = self._streams
             self._streams = None
 
+    @property
+    def _signalled(self) -> bool:
+        """A stop signal has arrived (lost output alone, SIGPIPE, does not count: a signal after it is a first one)."""
+        return self.received not in (None, signal.SIGPIPE)
+
     def _output_lost(self) -> None:
         if self.received is None:
             self.received, self._received_at = signal.SIGPIPE, time.monotonic()
@@ -189,11 +196,11 @@ class StopSignals:
             # A DataLoader worker forked during the run inherits this handler: the main process
             # decides when to stop, and a worker that stopped itself would fail the loader.
             return
-        if signum == signal.SIGHUP and self.received not in (None, signal.SIGPIPE):
+        if signum == signal.SIGHUP and self._signalled:
             # A closing terminal often hangs the job up twice (the shell passes its own SIGHUP on,
             # then the kernel sends one as it exits): one request, not "stop at once".
             return
-        if self.received is not None and self.received != signal.SIGPIPE:
+        if self._signalled:
             if (signum == self.received and launched_by_torchrun()
                     and time.monotonic() - self._received_at < REPEAT_GRACE_S):
                 return  # the same request delivered twice
@@ -232,8 +239,9 @@ class StopSignals:
         if self.received is None:
             self.received = signal.SIGINT if int(votes) % STOP_VOTE_SIGTERM else signal.SIGTERM
 
-    def stopped(self, step: int, run_dir: Path) -> StopRequested:
-        signum = self.received or signal.SIGINT
+    def stopped(self, step: int) -> StopRequested:
+        """The error that ends a run stopped on request at `step`, its checkpoint saved in run_dir."""
+        signum, run_dir = self.received or signal.SIGINT, self.run_dir
         why = ("because its output went away (SIGPIPE: the pipe's reader ended or the terminal closed)"
                if signum == signal.SIGPIPE else f"by {signal.Signals(signum).name}")
         return StopRequested(f"stopped {why} at step {step}; checkpoint saved in {run_dir / 'last.pt'}; "

@@ -446,7 +446,7 @@ class Trainer:
         # No process may exit before rank 0's checkpoint is on disk: torchrun ends the
         # others as soon as one exits, which could cut that write short.
         self.process.barrier()
-        raise self.stop_signals.stopped(self.step, self.run_dir)
+        raise self.stop_signals.stopped(self.step)
 
     def _stop_voted(self, votes: float) -> None:
         self.stop_agreed = True
