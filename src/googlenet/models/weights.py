@@ -23,8 +23,8 @@ from ..fileio import atomic_write, load_error_reason
 FORMAT = "googlenet-weights/1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# What a `googlenet train` run folder holds once finished, and its checkpoint until then. The
-# checkpoint name is train.checkpoint.LAST, repeated: the models package does not import training.
+# What a `googlenet train` run folder holds once finished, and its checkpoint until then
+# (train.checkpoint takes its names from here: the models package does not import training).
 RUN_WEIGHTS = "model.safetensors"
 RUN_CHECKPOINT = "last.pt"
 

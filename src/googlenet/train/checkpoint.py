@@ -16,9 +16,9 @@ import torch
 
 from ..errors import UserError
 from ..fileio import atomic_link, atomic_write
-from ..models.weights import TorchLoadError, torch_load_weights_only
+from ..models.weights import RUN_CHECKPOINT, RUN_WEIGHTS, TorchLoadError, torch_load_weights_only
 
-LAST = "last.pt"
+LAST = RUN_CHECKPOINT  # a run folder's names are defined once, beside the weights loader that reads them
 BEST = "best.pt"
 
 
@@ -91,7 +91,7 @@ def finished_weights(run: str | Path) -> Path | None:
     run = Path(run)
     folder = run if run.is_dir() else run.parent
     last = folder / LAST
-    weights = folder / "model.safetensors"
+    weights = folder / RUN_WEIGHTS
     if not last.is_file():
         return None
     saved = last.stat().st_mtime

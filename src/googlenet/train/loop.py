@@ -13,7 +13,6 @@ import functools
 import io
 import math
 import random
-import re
 import statistics
 import sys
 import time
@@ -33,7 +32,7 @@ from ..models import GoogLeNetOutputs, googlenet_loss
 from . import checkpoint as ckpt
 from . import graphed, guard
 from .ema import WeightAverage
-from .recipes import TrainConfig, config_from_dict, save_config
+from .recipes import TrainConfig, config_from_dict, duration_label, save_config
 from .setup import (LRSchedule, autocast_dtype, build_loaders, build_model, build_optimizer, check_input_size,
                     freeze_until)
 
@@ -152,12 +151,6 @@ def train(config: TrainConfig, out: str | Path | None = None, resume: str | Path
             if failed is None:
                 raise
             raise failed from None
-
-
-def _budget_label(budget: str) -> str:
-    """--budget as the user wrote it, with its unit: a bare number means seconds ("10" -> "10s")."""
-    text = str(budget).strip()
-    return f"{text}s" if re.fullmatch(r"\d+(\.\d+)?", text) else text
 
 
 class Trainer:
@@ -458,7 +451,7 @@ class Trainer:
         c = self.config
         budget = c.budget_seconds()
         calib = CALIBRATION_STEPS.get(self.device.type, 8)
-        self.say(f"budget {_budget_label(c.budget)}: timing {calib} training steps to fit the schedule ...")
+        self.say(f"budget {duration_label(c.budget)}: timing {calib} training steps to fit the schedule ...")
         self._epoch_sums = self._zero_sums()
         step_s = self._calibrate(calib, budget)
         calib = self.step  # steps taken (fewer when the machine is very slow)
@@ -485,7 +478,7 @@ class Trainer:
         subset_note = f", per-epoch test on the first {eval_subset} images" if eval_subset else ""
         if light:
             subset_note += ", under one pass: flips only (no crops/erasing)"
-        self.say(f"budget {_budget_label(c.budget)}: {step_s:.2f} s/step, {eval_rate:.0f} test img/s -> {total} steps "
+        self.say(f"budget {duration_label(c.budget)}: {step_s:.2f} s/step, {eval_rate:.0f} test img/s -> {total} steps "
                  f"({total * self.train_loader.global_batch} images, {total / per_pass:.3g} passes) in "
                  f"{epochs} epochs{subset_note}; final test on all {test_images} images")
         if final_eval_s > 0.5 * budget:  # the budget is mostly the final test: the run will overrun or barely train
@@ -523,7 +516,7 @@ class Trainer:
             return  # on course
         ends = plan.epoch_ends[: self.epoch] + [
             self.step + round((total - self.step) * (e + 1) / epochs_left) for e in range(epochs_left)]
-        self.say(f"budget {_budget_label(c.budget)}: re-planned after epoch {self.epoch}: {step_s:.3f} s/step and "
+        self.say(f"budget {duration_label(c.budget)}: re-planned after epoch {self.epoch}: {step_s:.3f} s/step and "
                  f"{cycle_overhead_s:.2f} s of test and checkpoint per epoch -> {total} steps in "
                  f"{self.epoch + epochs_left} epochs (planned {plan.total_steps} in {plan.epochs})")
         warmup_steps = plan.warmup_steps if plan.warmup_steps is not None else c.warmup * plan.total_steps
@@ -725,7 +718,7 @@ class Trainer:
         self.say(f"resuming {self.run_dir} {where} (step {self.step})")
 
     def _finish(self, final: EvalResult) -> TrainResult:
-        weights = self.run_dir / "model.safetensors"
+        weights = self.run_dir / ckpt.RUN_WEIGHTS
         if self.process.is_main:
             from ..models import save_weights
 

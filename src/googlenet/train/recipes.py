@@ -106,15 +106,25 @@ def list_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
 
 
+DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?\s*")  # a number, then an optional unit
+
+
 def parse_duration(text: str | float | int) -> float:
     """'10m' -> 600.0; accepts s, m, h and plain seconds."""
     if isinstance(text, (int, float)):
         return float(text)
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?\s*", str(text))
+    match = DURATION.fullmatch(str(text))
     if not match or float(match.group(1)) <= 0:
         raise UserError(f"cannot read the duration {text!r}; write e.g. 90s, 10m or 1.5h")
     unit = {"s": 1, "sec": 1, None: 1, "m": 60, "min": 60, "h": 3600}[match.group(2)]
     return float(match.group(1)) * unit
+
+
+def duration_label(text: str | float | int) -> str:
+    """A duration as the user wrote it, with its unit: a bare number means seconds ("10" -> "10s")."""
+    label = str(text).strip()
+    match = DURATION.fullmatch(label)
+    return f"{label}s" if match and match.group(2) is None else label
 
 
 def _coerce(key: str, value: Any) -> Any:
