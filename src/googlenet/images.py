@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .errors import RunError, first_line
 
@@ -111,7 +112,7 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 
 # The suffixes a folder's images are picked by: torchvision's ImageFolder's, plus GIF (readable here).
-FOLDER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+FOLDER_IMAGE_SUFFIXES = (*IMG_EXTENSIONS, ".gif")
 
 
 def expand_folders(paths: list[str]) -> list[str]:

@@ -200,13 +200,20 @@ COLUMNS = ("type", "patch size/stride", "output size", "depth", "#1x1", "#3x3 re
            "#5x5 reduce", "#5x5", "pool proj", "params", "ops", "paper params", "paper ops", "note")
 
 
+def _count(value: int | None, scale: float, unit: str, raw: bool) -> str:
+    """A params/ops cell: "1.8K" for reading, or the plain integer (`raw`: CSV, for spreadsheets)."""
+    if raw:
+        return "" if value is None else str(value)
+    return _human(value, scale, unit)
+
+
 def _cells(row: dict, raw: bool = False) -> list[str]:
-    """One table row as text; `raw`: params and ops as plain integers (CSV, for spreadsheets)."""
+    """One table row as text; `raw`: params and ops as plain integers."""
     def opt(v):
         return "" if v is None else str(v)
 
     def count(value, scale, unit):
-        return opt(value) if raw else _human(value, scale, unit)
+        return _count(value, scale, unit, raw)
 
     label = row["name"] if row["type"] in ("inception", "dropout") else row["type"]
     return [label, row["patch"], "x".join(map(str, row["output"])), str(row["depth"]),
@@ -222,9 +229,8 @@ def render(table: dict, fmt: str = "table") -> str:
     raw = fmt == "csv"
     rows = [_cells(r, raw) for r in table["rows"]]
     total = table["total"]
-    total_row = ["total", "", "", "", "", "", "", "", "", "",
-                 *((str(total["params"]), str(total["ops"])) if raw
-                   else (_human(total["params"], K, "K"), _human(total["ops"], M, "M"))), "", "", ""]
+    total_row = ["total", "", "", "", "", "", "", "", "", "", _count(total["params"], K, "K", raw),
+                 _count(total["ops"], M, "M", raw), "", "", ""]
     has_paper = any(r["paper_params"] is not None for r in table["rows"])
     columns = list(COLUMNS) if has_paper else list(COLUMNS[:12])
     width = len(columns)

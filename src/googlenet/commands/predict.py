@@ -34,12 +34,10 @@ def predict_cmd(args: argparse.Namespace) -> int:
     import sys
 
     from ..errors import UserError
-    from ..images import expand_folders
+    from ..images import FOLDER_IMAGE_SUFFIXES, expand_folders
     from ..predict import format_prediction, load_classifier, predict_files
 
     if not args.images:  # argparse's "required: IMAGE" would not say that the weights come first
-        from ..images import FOLDER_IMAGE_SUFFIXES
-
         if args.weights.lower().endswith(FOLDER_IMAGE_SUFFIXES):
             raise UserError(f"no weights given: the first argument is the model, then the images "
                             f"(googlenet predict WEIGHTS {args.weights})")
