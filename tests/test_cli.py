@@ -71,3 +71,14 @@ def test_import_torchvision_to_an_unwritable_out_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
     assert f"cannot write {a_file / 'tv.safetensors'}" in err and "pick another OUT" in err
+
+
+def test_a_negative_budget_reaches_the_budget_check(capsys):
+    """`--budget -5m` looks like an option to argparse ("expected one argument"); it is handed to
+    the budget's own check instead, which says what a duration looks like."""
+    assert main(["train", "--budget", "-5m"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["googlenet train: error: cannot read the duration '-5m'; write e.g. 90s, 10m or 1.5h"]
+    with pytest.raises(SystemExit):  # a missing value is still argparse's to report
+        main(["train", "--budget"])
+    assert "--budget: expected one argument" in capsys.readouterr().err

@@ -69,11 +69,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _attach_dashed_values(argv: list[str]) -> list[str]:
+    """`--budget -5m` as `--budget=-5m`: argparse takes a value that starts with a dash and is not
+    a plain number for an option and says only "expected one argument"; attached, it reaches
+    the budget's own check, which says what a duration looks like."""
+    out, rest = [], iter(argv)
+    for arg in rest:
+        value = next(rest, None) if arg == "--budget" else None
+        if value is not None and value[:1] == "-" and value[1:2].isdigit():
+            out.append(f"--budget={value}")
+        else:
+            out += [arg] if value is None else [arg, value]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from .errors import UserError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_dashed_values(sys.argv[1:] if argv is None else argv))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

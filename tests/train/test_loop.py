@@ -215,9 +215,31 @@ def test_the_rescaling_note_goes_by_the_global_batch(monkeypatch, capsys):
         monkeypatch.setenv("WORLD_SIZE", str(world))
         monkeypatch.setenv("RANK", "0")
         monkeypatch.setenv("LOCAL_RANK", "0")
-        train_command._note_unscaled_lr(args, resolve_config(flags={"batch_size": 64}))
-        out = capsys.readouterr().out
-        assert (says in out and "--lr 0.4" in out) if says else out == ""
+        note = train_command._unscaled_lr_note(args, resolve_config(flags={"batch_size": 64}))
+        assert (says in note and "--lr 0.4" in note) if says else note is None
+
+
+def test_a_rejected_command_prints_no_note_and_leaves_no_run_folder(fmnist_dir, tmp_path, capsys):
+    """A command stopped by the setup's checks (here: 28-px images for the 224-px network) says
+    only why, and leaves no empty run folder behind, so the corrected command can reuse --out."""
+    out_dir = tmp_path / "runs" / "first"
+    args = ["train", "--data", str(fmnist_dir), "--limit-train", "32", "--limit-test", "16", "--epochs", "1",
+            "--device", "cpu", "--batch-size", "16", "--out", str(out_dir)]
+    assert main([*args, "--model", "googlenet"]) == 2
+    said = capsys.readouterr()
+    assert "cannot run at 28px" in said.err and "note:" not in said.out
+    assert not (tmp_path / "runs").exists()  # the folders the run made, parents included
+    assert main([*args, "--model", "googlenet_cifar_fast", "--input-size", "12"]) == 0
+    assert "note: a global batch of 16" in capsys.readouterr().out
+    # A folder that existed before the run is the user's: it stays, as it was, after a rejection.
+    (tmp_path / "mine").mkdir()
+    assert main([*args[:-1], str(tmp_path / "mine"), "--model", "googlenet"]) == 2
+    assert (tmp_path / "mine").is_dir() and list((tmp_path / "mine").iterdir()) == []
+
+
+def test_an_unknown_model_is_rejected_with_the_config():
+    with pytest.raises(UserError, match="unknown model 'googlenet_cifar_fats' \\(did you mean 'googlenet_cifar_fast'"):
+        resolve_config(flags={"model": "googlenet_cifar_fats"})
 
 
 def test_step_flags_are_read_a_step_late_and_all_before_the_epoch_ends(fmnist_dir, tmp_path, monkeypatch):

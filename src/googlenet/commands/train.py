@@ -84,24 +84,26 @@ def _launch(args: argparse.Namespace) -> int:
     return distributed.launch_local(args.nproc, _train_args(args))
 
 
-def _note_unscaled_lr(args: argparse.Namespace, config) -> None:
-    """A new --batch-size keeps the recipe's lr (set for the recipe's batch): say so once,
-    with the usual linear rescaling, since e.g. the fmnist peak 0.2 at batch 32 diverges."""
+def _unscaled_lr_note(args: argparse.Namespace, config) -> str | None:
+    """A new --batch-size keeps the recipe's lr (set for the recipe's batch): the note that says
+    so, with the usual linear rescaling (the fmnist peak 0.2 at batch 32 diverges), or None.
+    The run prints it under its header line, once the setup has passed its checks."""
     from ..train import resolve_config
-    from ..train.distributed import env_rank, env_world_size, global_batch
+    from ..train.distributed import env_world_size, global_batch
     from ..train.recipes import parse_overrides
 
     lr_given = args.lr is not None or args.config is not None or "lr" in parse_overrides(args.set)
-    if args.batch_size is None or lr_given or env_rank() != 0:
-        return
+    if args.batch_size is None or lr_given:
+        return None
     recipe = resolve_config(config.recipe)
     # The lr goes with the global batch (per-process batch x processes x accumulation).
     ours, theirs = global_batch(config, env_world_size()), global_batch(recipe, 1)
-    if ours != theirs:
-        scaled = recipe.lr * ours / theirs
-        per_process = f" ({config.batch_size}/process)" if ours != config.batch_size else ""
-        print(f"note: a global batch of {ours}{per_process} keeps the {config.recipe} recipe's lr {recipe.lr:g}, "
-              f"set for batch {theirs}; for SGD the usual rescaling is --lr {scaled:.3g}")
+    if ours == theirs:
+        return None
+    scaled = recipe.lr * ours / theirs
+    per_process = f" ({config.batch_size}/process)" if ours != config.batch_size else ""
+    return (f"note: a global batch of {ours}{per_process} keeps the {config.recipe} recipe's lr {recipe.lr:g}, "
+            f"set for batch {theirs}; for SGD the usual rescaling is --lr {scaled:.3g}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train.guard import StopRequested
     from ..train.recipes import config_from_dict
 
-    config = None
+    config, notes = None, []
     if args.resume and env_world_size() <= 1:
         weights = checkpoint.finished_weights(args.resume)
         if weights is not None:  # nothing left to train; re-running the final test would cost minutes
@@ -125,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         flags = {k: getattr(args, k) for k in CONFIG_FLAGS}
         flags["tensorboard"] = args.tensorboard
         config = resolve_config(args.recipe, args.config, flags, args.set)
-        _note_unscaled_lr(args, config)
+        notes = [n for n in [_unscaled_lr_note(args, config)] if n]
     elif env_world_size() > 1:  # the process group needs the run's device and timeout
         config = config_from_dict(checkpoint.load_checkpoint(args.resume)["config"])
     try:
@@ -137,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
                     print(f"note: --resume continues with the run's saved config; ignoring {' '.join(given)}")
                 result = train(None, resume=args.resume, started_at=started, process=process)
             else:
-                result = train(config, out=args.out, started_at=started, process=process)
+                result = train(config, out=args.out, started_at=started, process=process, notes=notes)
     except StopRequested as stop:
         if distributed.report_stop(stop, distributed.env_rank()):  # `--nproc` says it once, with its exit code
             return 0

@@ -14,6 +14,7 @@ failed saves and the leftovers of a killed one.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -372,15 +373,21 @@ def write_error(error: BaseException, run_dir: str | os.PathLike) -> UserError |
 class RunLock:
     """An exclusive lock on RUN/.lock while a process trains into RUN: a second `googlenet train`
     on the same folder stops with one line instead of both writing the same checkpoints.
-    flock locks vanish with their process, so a killed run never leaves a stale lock."""
+    flock locks vanish with their process, so a killed run never leaves a stale lock.
+    A run that fails before writing anything (unknown data folder, images too small) takes its
+    lock file, and the folders it made, with it: a corrected command can reuse the same --out."""
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.path = Path(run_dir) / ".lock"
         self.fd: int | None = None
+        self.made: list[Path] = []  # folders this lock created, deepest first
+        self.made_file = False  # RUN/.lock did not exist before
 
     def __enter__(self) -> "RunLock":
         import fcntl
 
+        self.made = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
+        self.made_file = not self.path.exists()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -401,10 +408,28 @@ class RunLock:
         self.fd = fd
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # releases the lock
-            self.fd = None
+    def __exit__(self, exc_type, *exc) -> None:
+        if self.fd is None:
+            return
+        if exc_type is not None and self.made_file and _holds_only(self.path.parent, self.path.name):
+            # Unlinked while still locked: a second train that opened the same file meanwhile
+            # fails its flock; one arriving later finds a non-empty folder and keeps it.
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            for folder in self.made:
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty (someone else's now) or gone: leave it
+                    break
+        os.close(self.fd)  # releases the lock
+        self.fd = None
+
+
+def _holds_only(folder: Path, name: str) -> bool:
+    try:
+        return [p.name for p in folder.iterdir()] == [name]
+    except OSError:
+        return False
 
 
 def remove_stale_temp_files(run_dir: str | os.PathLike) -> list[Path]:

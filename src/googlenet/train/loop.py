@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -118,8 +118,10 @@ class TrainResult:
 
 
 def train(config: TrainConfig, out: str | Path | None = None, resume: str | Path | None = None,
-          process: Process | None = None, started_at: float | None = None) -> TrainResult:
-    """Train (or resume) a run; returns its final test accuracy and paths."""
+          process: Process | None = None, started_at: float | None = None,
+          notes: Iterable[str] = ()) -> TrainResult:
+    """Train (or resume) a run; returns its final test accuracy and paths. `notes` are printed
+    under the run's header line (after the setup's checks, so a rejected command prints none)."""
     process = process or Process()
     payload = None
     if resume is not None:
@@ -143,7 +145,7 @@ def train(config: TrainConfig, out: str | Path | None = None, resume: str | Path
     with guard.RunLock(run_dir) if process.is_main else contextlib.nullcontext():
         if resume is not None and process.is_main:  # half-written files of a killed run (checkpoint-sized)
             guard.remove_stale_temp_files(run_dir)
-        trainer = Trainer(config, run_dir, process, payload, started_at)
+        trainer = Trainer(config, run_dir, process, payload, started_at, notes)
         try:
             return trainer.fit()
         except Exception as e:  # a full disk or unwritable run folder: one line, not a traceback
@@ -155,10 +157,11 @@ def train(config: TrainConfig, out: str | Path | None = None, resume: str | Path
 
 class Trainer:
     def __init__(self, config: TrainConfig, run_dir: Path, process: Process, payload: dict | None = None,
-                 started_at: float | None = None) -> None:
+                 started_at: float | None = None, notes: Iterable[str] = ()) -> None:
         from ..device import resolve_device
 
         self.config, self.run_dir, self.process = config, run_dir, process
+        self.notes = list(notes)
         self.started = started_at if started_at is not None else time.perf_counter()
         self.device = resolve_device(config.device)
         self.dtype = autocast_dtype(config.precision, self.device)
@@ -236,6 +239,8 @@ class Trainer:
                  f"global batch {self.train_loader.global_batch} ({c.batch_size}/process x "
                  f"{self.process.world_size} processes x {c.accum_steps} accumulation), lr {c.lr:g} | "
                  f"run folder {self.run_dir}")
+        for note in self.notes:
+            self.say(note)
         final: EvalResult | None = None
         with self.stop_signals:
             if self.plan is None:

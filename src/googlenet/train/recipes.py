@@ -269,6 +269,9 @@ def validate(config: TrainConfig) -> None:
         raise UserError(f"lr must be positive, got {config.lr}")
     if config.budget is not None:
         parse_duration(config.budget)
+    from ..models import model_variant  # here, not at the top: the models import torch
+
+    model_variant(config.model)  # an unknown name is one line now, not after the data has loaded
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
