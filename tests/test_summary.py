@@ -103,3 +103,14 @@ def test_bad_model_and_size_are_one_line_errors(capsys):
     assert main(["summary", "googlenet", "--input-size", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 2 and "Traceback" not in err
+
+
+def test_a_size_too_small_for_the_pools_names_the_smallest_that_works(capsys):
+    """googlenet's pools shrink 28 px below 1x1: the error says which size it needs (31 px),
+    found on the meta device, as `googlenet train` says it, not torch's pooling message."""
+    assert main(["summary", "googlenet", "--input-size", "28"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["googlenet summary: error: googlenet cannot run at 28px: its pools need images of at least "
+                   "31px; use --input-size 31 or more, or a model for small images (googlenet_cifar, "
+                   "googlenet_cifar_fast)"]
+    assert main(["summary", "googlenet", "--input-size", "31", "--format", "csv"]) == 0

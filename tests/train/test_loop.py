@@ -169,7 +169,7 @@ def test_images_too_small_for_the_network_are_one_line_before_training(fmnist_di
 
 def test_the_size_check_leaves_models_it_cannot_probe_to_the_real_run():
     """A layer without a meta-device kernel must not turn into a false "cannot run" verdict."""
-    from googlenet.train.setup import check_input_size
+    from googlenet.models import check_input_size
 
     class NoMeta(torch.nn.Module):
         def forward(self, x):

@@ -52,7 +52,7 @@ def list_models_cmd(args: argparse.Namespace) -> int:
 
 def summary_cmd(args: argparse.Namespace) -> int:
     from ..errors import UserError, first_line
-    from ..models import create_model
+    from ..models import check_input_size, create_model
     from ..summary import render, summarize
 
     options = {}
@@ -65,9 +65,11 @@ def summary_cmd(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise UserError(f"{flag} must be a positive integer, not {value}")
     model = create_model(args.model, **options)
+    if args.input_size is not None:  # pools that would shrink it below 1x1: say what size it needs
+        check_input_size(model, args.input_size, model.in_chans, args.model)
     try:
         table = summarize(model, args.input_size)
-    except RuntimeError as e:  # e.g. an input too small for the pools
+    except RuntimeError as e:  # anything else the probe could not foresee
         raise UserError(f"{args.model} cannot run at {args.input_size}px: {first_line(e)}") from None
     print(render(table, args.format))
     return 0

@@ -28,13 +28,12 @@ from torch import Tensor, nn
 from ..data.gpu_loader import TensorLoader
 from ..errors import RunError, UserError, first_line
 from ..fileio import atomic_write
-from ..models import GoogLeNetOutputs, googlenet_loss
+from ..models import GoogLeNetOutputs, check_input_size, googlenet_loss
 from . import checkpoint as ckpt
 from . import graphed, guard
 from .ema import WeightAverage
 from .recipes import TrainConfig, config_from_dict, duration_label, save_config
-from .setup import (LRSchedule, autocast_dtype, build_loaders, build_model, build_optimizer, check_input_size,
-                    freeze_until)
+from .setup import LRSchedule, autocast_dtype, build_loaders, build_model, build_optimizer, freeze_until
 
 METRICS_FIELDS = ("epoch", "step", "images", "train_loss", "train_acc", "test_loss", "test_top1", "test_top5",
                   "test_images", "lr", "img_per_s", "epoch_s", "elapsed_s")
