@@ -172,6 +172,12 @@ def _other_output_message(path: Path) -> str | None:
     return None
 
 
+def is_checkpoint_payload(payload: object) -> bool:
+    """Whether a loaded object is what train.checkpoint writes: the model's state and the run's
+    config (and more) in one dict. Here, not in train/, so that models need not import train."""
+    return isinstance(payload, dict) and "model" in payload and "config" in payload
+
+
 def _is_training_checkpoint(path: Path) -> bool:
     """Whether `path` holds what train.checkpoint.load_checkpoint accepts. mmap: the tensors are
     not read, so a 100 MB checkpoint costs little; weights_only: a planted pickle runs no code."""
@@ -179,7 +185,7 @@ def _is_training_checkpoint(path: Path) -> bool:
         payload = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # refused or unreadable: not a checkpoint googlenet wrote
         return False
-    return isinstance(payload, dict) and "model" in payload and "config" in payload
+    return is_checkpoint_payload(payload)
 
 
 # How the files torch.save writes begin: a zip archive (the default) or, in the legacy format,

@@ -16,7 +16,8 @@ import torch
 
 from ..errors import UserError
 from ..fileio import atomic_link, atomic_write
-from ..models.weights import RUN_CHECKPOINT, RUN_WEIGHTS, TorchLoadError, torch_load_weights_only
+from ..models.weights import (RUN_CHECKPOINT, RUN_WEIGHTS, TorchLoadError, is_checkpoint_payload,
+                              torch_load_weights_only)
 
 LAST = RUN_CHECKPOINT  # a run folder's names are defined once, beside the weights loader that reads them
 BEST = "best.pt"
@@ -79,7 +80,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             raise UserError(f"{path} is not a training checkpoint ({e.reason}); "
                             f"--resume takes a run folder holding {LAST}") from None
         raise UserError(f"{path}: cannot be read as a training checkpoint ({e.reason})") from None
-    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
+    if not is_checkpoint_payload(payload):
         raise UserError(f"{path}: not a googlenet training checkpoint")
     return payload
 
