@@ -355,3 +355,48 @@ def test_a_run_folder_means_its_weights(tiny_model, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{empty} is a folder, not a weights file" in err, err
     assert str(empty / "model.safetensors") in err
+
+
+class RecordingClassifier(MeanPixelClassifier):
+    """MeanPixelClassifier that keeps every batch it is given, to check what a model saw."""
+
+    def __init__(self, meta: dict, seed: int = 0) -> None:
+        super().__init__(meta, seed)
+        self.inputs: list[torch.Tensor] = []
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x)
+        return super().__call__(x)
+
+
+def _colour_folder(root, classes: int = 2):
+    """root/val/c<i>/0.png: one solid, clearly coloured image per class."""
+    from PIL import Image
+
+    for i in range(classes):
+        (root / "val" / f"c{i}").mkdir(parents=True)
+        Image.new("RGB", (12, 10), (200, 30 + 40 * i, 90)).save(root / "val" / f"c{i}" / "0.png")
+
+
+def test_an_image_folder_ensemble_decodes_for_each_models_channels(tmp_path, monkeypatch):
+    """An RGB model ensembled after a grayscale one must still see colour, not luma repeated."""
+    _colour_folder(tmp_path / "data")
+    models = {"gray": RecordingClassifier(meta_for(channels=1, classes=2)),
+              "rgb": RecordingClassifier(meta_for(channels=3, classes=2), seed=1)}
+    monkeypatch.setattr("googlenet.evaluate.load_classifier", lambda path, **_: models[path])
+    evaluate("gray", ensemble=["rgb"], dataset="imagefolder", data_dir=tmp_path / "data")
+    rgb = torch.cat(models["rgb"].inputs)
+    assert rgb.shape[1] == 3 and not torch.equal(rgb[:, 0], rgb[:, 1])
+    assert torch.cat(models["gray"].inputs).shape[1] == 1
+
+
+def test_an_image_folder_with_no_readable_image_is_one_line_saying_why(tmp_path, monkeypatch, capsys):
+    for i in range(2):
+        (tmp_path / "data" / "val" / f"c{i}").mkdir(parents=True)
+        (tmp_path / "data" / "val" / f"c{i}" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    model = MeanPixelClassifier({**meta_for(classes=2), "dataset": "imagefolder"})
+    monkeypatch.setattr("googlenet.evaluate.load_classifier", lambda path, **_: model)
+    assert cli_main(["eval", "m.safetensors", "--data", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "none of the 2 image(s)" in err and "broken.png" in err, err
+    assert "empty" not in err

@@ -247,6 +247,9 @@ def test_malicious_pickle_never_runs(tmp_path, capsys, suffix):
     (["--format", "onnx", "--opset", "99"], "newer"),
     (["--format", "torchscript", "--int8"], "--int8 needs --format onnx"),
     (["--format", "onnx", "--int8", "--calib-images", "0"], "positive"),
+    (["--format", "onnx", "--calib-dataset", "random"], "--int8 only"),  # nothing to calibrate
+    (["--format", "onnx", "--calib-images", "20"], "--int8 only"),
+    (["--format", "onnx", "--data", "somewhere"], "--int8 only"),
 ])
 def test_bad_flags_are_one_line_errors(weights_file, capsys, argv, needle):
     code, _, err = run_cli(capsys, "export", str(weights_file), *argv)
@@ -378,3 +381,27 @@ def test_a_training_checkpoint_points_to_the_runs_weights(tmp_path, weights_file
     code, _, err = run_cli(capsys, "export", str(run / "last.pt"))
     assert_one_line_error(code, err, f"{run / 'last.pt'} is a training checkpoint", str(run / "model.safetensors"))
     assert "import-torchvision" not in err
+
+
+def test_int8_calibration_on_a_folder_of_unreadable_files_is_one_line(tmp_path, capsys):
+    """Not one decodable calibration image: say so, naming a file, instead of torch.stack's traceback."""
+    for cls in ("c0", "c1"):
+        (tmp_path / "data" / "train" / cls).mkdir(parents=True)
+        (tmp_path / "data" / "train" / cls / "broken.png").write_bytes(b"not a png")
+    model = googlenet.create_model("googlenet_cifar", num_classes=2, in_chans=1)
+    weights = googlenet.save_weights(model, tmp_path / "two.safetensors", class_names=["c0", "c1"],
+                                     input_size=SIZE, resize=SIZE, mean=[0.5], std=[0.25], dataset="imagefolder")
+    code, _, err = run_cli(capsys, "export", str(weights), "--int8", "--calib-images", "2",
+                           "--data", str(tmp_path / "data"), "--out", str(tmp_path / "two.int8.onnx"))
+    assert_one_line_error(code, err, "no readable image", "broken.png")
+    assert not (tmp_path / "two.int8.onnx").exists()
+
+
+@pytest.mark.parametrize("fmt, name", [("torchscript", "model.onnx"), ("onnx", "model.pt")])
+def test_a_format_that_contradicts_the_out_suffix_is_refused(tmp_path, weights_file, capsys, fmt, name):
+    """predict picks the backend by suffix: TorchScript named .onnx (or ONNX named .pt) would fail there."""
+    code, _, err = run_cli(capsys, "export", str(weights_file), "--format", fmt, "--out", str(tmp_path / name))
+    assert_one_line_error(code, err, f"--format {fmt} contradicts", "suffix")
+    assert not (tmp_path / name).exists()
+    code, _, err = run_cli(capsys, "export", str(weights_file), "--format", fmt, "--out", str(tmp_path / "model.bin"))
+    assert code == 0, err  # a suffix that names no format stays the user's choice

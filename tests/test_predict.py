@@ -287,6 +287,20 @@ def test_predict_cli_bad_weights_and_flags(tiny, tmp_path, capsys):
     assert "--topk" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("as_folder", [False, True])
+def test_our_weights_with_backend_onnxruntime_point_to_torch(tiny, tmp_path, capsys, as_folder):
+    """Not onnxruntime's "Protobuf parsing failed": the file is ours, the backend is wrong."""
+    _, weights = tiny
+    if as_folder:
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "model.safetensors").write_bytes(weights.read_bytes())
+        weights = tmp_path / "run"
+    image = write_modes(tmp_path)["rgb.png"]
+    assert cli_main(["predict", str(weights), str(image), "--backend", "onnxruntime"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "PyTorch weights" in err and "--backend torch" in err, err
+
+
 # ------------------------------------------------------------------ onnxruntime
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the legacy exporter, as export.py uses it
 def test_onnxruntime_backend_matches_torch(tiny, tmp_path):

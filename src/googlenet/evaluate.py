@@ -313,9 +313,12 @@ def _check_dataset_classes(dataset_names: Sequence[str], model_names: Sequence[s
     return notes
 
 
-def _image_folder_batches(root: str | os.PathLike, channels: int, limit: int | None, skipped: list[str]):
-    """(class names, image count, batch factory) for DIR/val/<class>/*. Files are decoded with
-    the same guarded reader as predict; unreadable ones are skipped and listed in `skipped`."""
+def _image_folder_batches(root: str | os.PathLike, limit: int | None, skipped: list[str]):
+    """(class names, image count, batch factory) for DIR/val/<class>/*. The factory takes the
+    channel count of the model about to run: each model of an ensemble gets the files decoded
+    for its own input (an RGB model next to a grayscale one must still see colour). Files are
+    decoded with the same guarded reader as predict; unreadable ones are skipped and listed in
+    `skipped`, and a folder with none readable is an error that says why (not "empty")."""
     from .data import image_folder
     from .images import ImageReadError, read_image
 
@@ -326,7 +329,7 @@ def _image_folder_batches(root: str | os.PathLike, channels: int, limit: int | N
         # Spread over the class-sorted list so every class is represented.
         samples = [samples[math.floor(i * len(samples) / limit)] for i in range(limit)]
 
-    def batches() -> Iterator[tuple[Tensor, Tensor]]:
+    def batches(channels: int) -> Iterator[tuple[Tensor, Tensor]]:
         skipped.clear()
         for path, label in samples:
             try:
@@ -335,6 +338,9 @@ def _image_folder_batches(root: str | os.PathLike, channels: int, limit: int | N
                 skipped.append(str(e))
                 continue
             yield image.unsqueeze(0), torch.tensor([label])
+        if samples and len(skipped) == len(samples):
+            raise UserError(f"none of the {len(samples)} image(s) in {root} could be read; "
+                            f"the first: {skipped[0]}")
 
     return class_names, len(samples), batches
 
@@ -364,10 +370,9 @@ def evaluate(weights: str | os.PathLike, dataset: str | None = None, data_dir: s
     if dataset == "imagefolder":
         if data_dir is None:
             raise UserError("--dataset imagefolder needs --data DIR (with val/<class>/ image folders)")
-        names, count, batches_for = _image_folder_batches(data_dir, int(classifiers[0].meta["in_chans"]), limit,
-                                                          skipped)
+        names, count, batches_for = _image_folder_batches(data_dir, limit, skipped)
         notes += _check_dataset_classes(names, class_names, dataset, paths[0])
-        make_batches = lambda _c: batches_for()  # noqa: E731
+        make_batches = lambda c: batches_for(int(c.meta["in_chans"]))  # noqa: E731
     else:
         from .data import load_dataset
 

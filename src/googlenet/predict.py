@@ -203,6 +203,10 @@ def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: s
         except UserError as e:  # its metadata (mean/std, class names) does not fit: name the file
             raise UserError(f"{weights}: {e}") from None
     if backend == "onnxruntime":
+        if Path(weights).is_dir() or str(weights).lower().endswith(".safetensors"):
+            # onnxruntime would only say "Protobuf parsing failed" about our own weights file.
+            raise UserError(f"{weights} holds PyTorch weights, not an ONNX export; run it with --backend torch "
+                            "(or auto), or export it first with `googlenet export WEIGHTS --format onnx`")
         try:
             from .onnx_backend import OnnxClassifier
         except ImportError as e:

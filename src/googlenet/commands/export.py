@@ -6,6 +6,7 @@ import sys
 
 # Kept here (not imported from googlenet.export) so `googlenet --help` does not import torch.
 DEFAULT_OPSET = 17
+DEFAULT_CALIB_IMAGES = 300
 FORMATS = ("onnx", "torchscript")
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts")
 
@@ -40,7 +41,8 @@ def register(subparsers) -> None:
     g = p.add_argument_group("int8 calibration")
     g.add_argument("--calib-dataset", metavar="NAME", help="calibration data (default: the dataset the "
                    "weights name; 'random' = noise, for tests only)")
-    g.add_argument("--calib-images", type=int, default=300, metavar="N", help="training images used (default 300)")
+    g.add_argument("--calib-images", type=int, default=DEFAULT_CALIB_IMAGES, metavar="N",
+                   help=f"training images used (default {DEFAULT_CALIB_IMAGES})")
     g.add_argument("--data", metavar="DIR", help="where the calibration dataset lives")
     p.set_defaults(func=run)
 
@@ -52,8 +54,13 @@ def run(args: argparse.Namespace) -> int:
         args.format = format_from_suffix(args.out)
     if args.format not in FORMATS:
         raise UserError(f"unknown format {args.format!r}; choose from {', '.join(FORMATS)}")
+    check_suffix_agrees(args.format, args.out)
     if args.format != "onnx" and (args.dynamic_batch or args.opset != DEFAULT_OPSET):
         raise UserError("--dynamic-batch and --opset apply to --format onnx only")
+    # Without --int8 nothing is calibrated: a silently ignored --data reads as if it were used.
+    if not args.int8 and (args.calib_dataset or args.data or args.calib_images != DEFAULT_CALIB_IMAGES):
+        raise UserError("--calib-dataset, --calib-images and --data calibrate --int8 only; add --int8 "
+                        "or leave them out")
     from ..export import export
 
     path = export(args.weights, args.format, out=args.out, int8=args.int8, dynamic_batch=args.dynamic_batch,
@@ -64,17 +71,36 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_from_suffix(out: str | None) -> str:
-    """--format left out: ONNX without --out or for an --out ending .onnx, TorchScript for one
-    ending .pt/.pth/.ts; any other suffix is a one-line error (no ONNX file named x.tflite)."""
+def suffix_format(out: str | None) -> str | None:
+    """The format an --out's suffix names (ONNX without --out), or None for any other suffix."""
     from pathlib import Path
-
-    from ..errors import UserError
 
     suffix = Path(out).suffix.lower() if out else ".onnx"
     if suffix == ".onnx":
         return "onnx"
-    if suffix in TORCHSCRIPT_SUFFIXES:
-        return "torchscript"
-    raise UserError(f"cannot tell the format from {out!r}; give --format onnx|torchscript, or an --out "
-                    f"ending .onnx or {'/'.join(TORCHSCRIPT_SUFFIXES)}")
+    return "torchscript" if suffix in TORCHSCRIPT_SUFFIXES else None
+
+
+def format_from_suffix(out: str | None) -> str:
+    """--format left out: ONNX without --out or for an --out ending .onnx, TorchScript for one
+    ending .pt/.pth/.ts; any other suffix is a one-line error (no ONNX file named x.tflite)."""
+    from ..errors import UserError
+
+    fmt = suffix_format(out)
+    if fmt is None:
+        raise UserError(f"cannot tell the format from {out!r}; give --format onnx|torchscript, or an --out "
+                        f"ending .onnx or {'/'.join(TORCHSCRIPT_SUFFIXES)}")
+    return fmt
+
+
+def check_suffix_agrees(fmt: str, out: str | None) -> None:
+    """An --out whose suffix names the other format is refused: predict and eval pick the
+    backend by suffix, so a TorchScript file named x.onnx (or ONNX named x.pt) would fail
+    there with a misleading error. Suffixes that name no format are the user's choice."""
+    from ..errors import UserError
+
+    named = suffix_format(out) if out else None
+    if named is not None and named != fmt:
+        wanted = ".onnx" if fmt == "onnx" else "/".join(TORCHSCRIPT_SUFFIXES)
+        raise UserError(f"--format {fmt} contradicts --out {out}, whose suffix means {named}; "
+                        f"end it in {wanted}, or leave --format out")
