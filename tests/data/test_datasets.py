@@ -197,3 +197,18 @@ def test_image_folder(tmp_path):
     with pytest.raises(UserError) as info:  # eval reads test/ or val/: the message names both
         datasets.image_folder(tmp_path / "only_train", "test")
     assert "has no test/ or val/ folder" in str(info.value) and "does not exist" not in str(info.value)
+
+
+def test_an_image_folder_of_empty_class_folders_is_a_short_line(tmp_path):
+    """torchvision lists every class folder without images (a line of kilobytes for an empty
+    ImageNet tree); the error keeps the count and the first three names."""
+    from googlenet.data.datasets import image_folder
+
+    for i in range(40):
+        (tmp_path / "val" / f"n{i:08d}").mkdir(parents=True)
+    (tmp_path / "val" / "n00000000" / "notes.txt").write_text("not an image")
+    with pytest.raises(UserError) as caught:
+        image_folder(tmp_path, "val")
+    message = str(caught.value)
+    assert "40 class folder(s) hold no image file (n00000000, n00000001, n00000002 and 37 more)" in message
+    assert ".jpg" in message and "n00000039" not in message and len(message) < 300

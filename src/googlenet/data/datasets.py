@@ -369,6 +369,19 @@ def read_rgb(path: str):
     return Image.fromarray(read_image(path, 3).permute(1, 2, 0).numpy())
 
 
+def _shorter_folder_error(message: str) -> str:
+    """torchvision names every class folder without images (all 1,000 of an empty ImageNet
+    tree: a line of kilobytes); keep the count and the first few names."""
+    import re
+
+    found = re.fullmatch(r"Found no valid file for the classes (.*?)\. Supported extensions are: (.*)", message)
+    if found is None:
+        return message
+    empty = found.group(1).split(", ")
+    shown = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
+    return f"{len(empty)} class folder(s) hold no image file ({shown}); image files end in {found.group(2)}"
+
+
 def image_folder(root: str | os.PathLike, split: str, transform=None):
     """An ImageFolder over root/<split> ("train" | "val"; "test" falls back to val/).
 
@@ -390,7 +403,7 @@ def image_folder(root: str | os.PathLike, split: str, transform=None):
     try:
         dataset = ImageFolder(str(folder), transform=transform, loader=read_rgb)
     except (FileNotFoundError, RuntimeError) as e:
-        raise UserError(f"{folder}: {first_line(e)}") from None
+        raise UserError(f"{folder}: {_shorter_folder_error(first_line(e))}") from None
     dataset.class_names = list(dataset.classes)
     dataset.name = "imagefolder"
     dataset.mean, dataset.std = STATS["imagefolder"]
