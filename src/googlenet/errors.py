@@ -52,8 +52,9 @@ def output_error(error: BaseException, out: str | os.PathLike, fix: str = "pick 
     if not (beside or where in target.parents):
         return None
     reason = error.strerror or first_line(error)
-    if not beside:  # name the folder that is the problem
-        reason += f": {error.filename}"
+    if not beside:  # name the folder that is the problem (mkdir says only "File exists" of a file in the way)
+        in_the_way = Path(os.fsdecode(error.filename)).is_file()
+        reason = f"{error.filename} is a file, not a folder" if in_the_way else f"{reason}: {error.filename}"
     return path_error_kind(error)(f"cannot write {out} ({reason}); {fix}")
 
 
