@@ -278,7 +278,7 @@ def test_predict_cli_bad_weights_and_flags(tiny, tmp_path, capsys):
     onnx_name = tmp_path / "model.onnx"
     onnx_name.write_bytes(b"garbage")
     assert cli_main(["predict", str(onnx_name), str(image), "--backend", "torch"]) == 2
-    assert "--backend onnxruntime" in capsys.readouterr().err
+    assert "is an ONNX model; run it with --backend auto (or onnxruntime)" in capsys.readouterr().err
     if importlib.util.find_spec("onnxruntime"):  # the default backend picks onnxruntime for .onnx
         assert cli_main(["predict", str(onnx_name), str(image)]) == 2
         err = capsys.readouterr().err.strip()

@@ -192,7 +192,8 @@ def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: s
             model = load_weights(weights)
         except WeightsError as e:
             if str(weights).lower().endswith(".onnx"):
-                raise UserError(f"{weights} is an ONNX model; run it with --backend onnxruntime") from None
+                # auto, not onnxruntime: with --ensemble the other files may be .safetensors
+                raise UserError(f"{weights} is an ONNX model; run it with --backend auto (or onnxruntime)") from None
             hint = _not_weights_hint(weights)
             if hint:
                 raise UserError(hint) from None
