@@ -40,8 +40,8 @@ def _train_folder(root, tmp_path):
 
 @pytest.mark.parametrize("case, needle", [
     ("no-val", "val/"),
-    ("empty-class", "no valid file for the classes b."),
-    ("only-text-files", "no valid file for the classes a."),
+    ("empty-class", "1 class folder(s) hold no image file (b); image files end in .jpg"),
+    ("only-text-files", "1 class folder(s) hold no image file (a); image files end in .jpg"),
     ("different-classes", "different class folders"),
     ("missing-root", "has no train/"),
 ])
