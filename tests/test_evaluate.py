@@ -250,6 +250,12 @@ def test_eval_picks_the_backend_by_suffix_and_an_ensemble_may_mix_them(weights_a
                      "--device", "cpu"]) == 0
     mixed = json.loads(capsys.readouterr().out)
     assert mixed["models"] == [str(path), str(onnx_file)] and mixed["confusion"] == via_torch["confusion"]
+    # --bf16 steers the torch backend only: the ONNX model's run says it went without it.
+    assert cli_main(["eval", str(onnx_file), "--limit-test", "2", "--bf16"]) == 0
+    assert (f"note: {onnx_file} ran in ONNX Runtime on the CPU in fp32; --bf16 applies to the torch backend only"
+            in capsys.readouterr().out)
+    assert cli_main(["eval", str(onnx_file), "--limit-test", "2"]) == 0
+    assert "torch backend only" not in capsys.readouterr().out
 
 
 def test_eval_cli_class_count_mismatch_and_bad_weights_are_one_line_errors(weights_and_data, tmp_path, capsys):

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .errors import UserError
 from .predict import (PAPER_INPUT, Classifier, centre_crop, centre_offset, load_classifier, normalize,
-                      resize_shorter, to_channels, to_float)
+                      pick_backend, resize_shorter, to_channels, to_float)
 
 CROPS = (1, 10, 144)
 PAPER_SCALES = (256, 288, 320, 352)  # shorter side of the four test scales at input 224
@@ -345,6 +345,17 @@ def _image_folder_batches(root: str | os.PathLike, limit: int | None, skipped: l
     return class_names, len(samples), batches
 
 
+def _torch_only_flags_note(paths: Sequence[str], backend: str, device: str, bf16: bool) -> list[str]:
+    """--bf16 and --device steer the torch backend only: say so when an ONNX model ran without them."""
+    ignored = (["--bf16"] if bf16 else []) + ([f"--device {device}"] if device.lower() not in ("auto", "cpu") else [])
+    onnx = [p for p in paths if pick_backend(p, backend) == "onnxruntime"]
+    if not (ignored and onnx):
+        return []
+    verb = "apply" if len(ignored) > 1 else "applies"
+    return [f"note: {', '.join(onnx)} ran in ONNX Runtime on the CPU in fp32; {' and '.join(ignored)} "
+            f"{verb} to the torch backend only"]
+
+
 def evaluate(weights: str | os.PathLike, dataset: str | None = None, data_dir: str | os.PathLike | None = None,
              limit: int | None = None, crops: int = 1, ensemble: Sequence[str | os.PathLike] = (),
              batch_size: int = 256, device: str = "auto", bf16: bool = False, backend: str = "auto",
@@ -365,7 +376,7 @@ def evaluate(weights: str | os.PathLike, dataset: str | None = None, data_dir: s
     dataset = dataset or classifiers[0].meta.get("dataset")
     if not dataset:
         raise UserError(f"{paths[0]} does not record its dataset; pass --dataset NAME (and --data DIR)")
-    notes: list[str] = []
+    notes: list[str] = _torch_only_flags_note(paths, backend, device, bf16)
     skipped: list[str] = []
     if dataset == "imagefolder":
         if data_dir is None:
