@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol, Sequence
@@ -163,22 +162,6 @@ def pick_backend(weights: str | os.PathLike, backend: str = "auto") -> str:
     return backend
 
 
-def _not_weights_hint(weights: str | os.PathLike) -> str | None:
-    """What a file that is not a weights file is, when it is one of our other outputs."""
-    path = Path(weights)
-    try:
-        names = zipfile.ZipFile(path).namelist() if zipfile.is_zipfile(path) else []
-    except (OSError, zipfile.BadZipFile):
-        return None
-    if any(name.endswith("extra/googlenet_meta.json") for name in names):
-        return (f"{weights} is a TorchScript export (for C++/mobile deployment); predict and eval take "
-                "the .safetensors weights it came from, or an .onnx export")
-    if any(name.endswith("data.pkl") for name in names) and (path.parent / "model.safetensors").is_file():
-        return (f"{weights} is a training checkpoint; predict and eval take the run's weights: "
-                f"{path.parent / 'model.safetensors'}")
-    return None
-
-
 def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: str = "auto",
                     bf16: bool = False) -> Classifier:
     """A classifier from a weights file (.safetensors for torch, .onnx for onnxruntime;
@@ -190,14 +173,11 @@ def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: s
 
         try:
             model = load_weights(weights)
-        except WeightsError as e:
+        except WeightsError:  # its message already names our other outputs (TorchScript, last.pt)
             if str(weights).lower().endswith(".onnx"):
                 # auto, not onnxruntime: with --ensemble the other files may be .safetensors
                 raise UserError(f"{weights} is an ONNX model; run it with --backend auto (or onnxruntime)") from None
-            hint = _not_weights_hint(weights)
-            if hint:
-                raise UserError(hint) from None
-            raise e
+            raise
         on = resolve_device(device)
         try:
             return TorchClassifier(model, on, bf16=bf16)
