@@ -49,7 +49,7 @@ def calibration_batches(meta: dict, dataset: str | None, count: int, data_dir: s
         pixels = torch.rand(count, chans, size, size, generator=generator)
         images = normalize(pixels, meta["mean"], meta["std"])
     elif name == "imagefolder":
-        images = torch.stack([preprocess(i, meta) for i in _readable_folder_images(data_dir, count, chans)])
+        images = torch.stack([preprocess(i, meta) for i in _folder_images(data_dir, count, chans)])
     else:
         from .data.datasets import load_dataset
 
@@ -60,22 +60,11 @@ def calibration_batches(meta: dict, dataset: str | None, count: int, data_dir: s
     return [b.contiguous().numpy() for b in images.split(step)]
 
 
-def _readable_folder_images(root: str | None, count: int, channels: int) -> list[torch.Tensor]:
-    """_folder_images, but a folder where not one picked file decodes is a one-line error
-    naming the first reason (torch.stack of nothing would be a traceback)."""
-    skipped: list[str] = []
-    images = list(_folder_images(root, count, channels, skipped))
-    if not images:
-        raise UserError(f"int8 calibration found no readable image in {root}/train; the first of "
-                        f"{len(skipped)} unreadable: {skipped[0] if skipped else '-'}")
-    return images
-
-
-def _folder_images(root: str | None, count: int, channels: int,
-                   skipped: list[str] | None = None) -> Iterator[torch.Tensor]:
+def _folder_images(root: str | None, count: int, channels: int) -> list[torch.Tensor]:
     """`count` images spread evenly over root/train (its files are sorted by class), decoded
-    by the guarded reader predict uses; unreadable files are skipped (their one-line reasons
-    appended to `skipped`)."""
+    by the guarded reader predict uses; unreadable files are skipped, and a folder where not
+    one picked file decodes is a one-line error naming the first reason (torch.stack of
+    nothing would be a traceback)."""
     from .data.datasets import image_folder
     from .images import ImageReadError, read_image
 
@@ -83,12 +72,16 @@ def _folder_images(root: str | None, count: int, channels: int,
         raise UserError("int8 calibration on an ImageFolder needs --data DIR (the folder holding train/)")
     samples = image_folder(root, "train").samples
     step = max(1, len(samples) // count)
+    images, skipped = [], []
     for path, _ in samples[::step][:count]:
         try:
-            yield read_image(path, channels)
+            images.append(read_image(path, channels))
         except ImageReadError as e:
-            if skipped is not None:
-                skipped.append(str(e))
+            skipped.append(str(e))
+    if not images:
+        raise UserError(f"int8 calibration found no readable image in {root}/train; the first of "
+                        f"{len(skipped)} unreadable: {skipped[0] if skipped else '-'}")
+    return images
 
 
 class _Reader:
