@@ -256,6 +256,8 @@ def test_eval_picks_the_backend_by_suffix_and_an_ensemble_may_mix_them(weights_a
             in capsys.readouterr().out)
     assert cli_main(["eval", str(onnx_file), "--limit-test", "2"]) == 0
     assert "torch backend only" not in capsys.readouterr().out
+    assert cli_main(["eval", str(onnx_file), "--limit-test", "2", "--device", "cpu:0"]) == 0  # the CPU: nothing ignored
+    assert "torch backend only" not in capsys.readouterr().out
 
 
 def test_eval_cli_class_count_mismatch_and_bad_weights_are_one_line_errors(weights_and_data, tmp_path, capsys):

@@ -347,7 +347,8 @@ def _image_folder_batches(root: str | os.PathLike, limit: int | None, skipped: l
 
 def _torch_only_flags_note(paths: Sequence[str], backend: str, device: str, bf16: bool) -> list[str]:
     """--bf16 and --device steer the torch backend only: say so when an ONNX model ran without them."""
-    ignored = (["--bf16"] if bf16 else []) + ([f"--device {device}"] if device.lower() not in ("auto", "cpu") else [])
+    on_cpu_anyway = device.lower().partition(":")[0] in ("auto", "cpu")  # cpu:0 is the CPU too (device.py)
+    ignored = (["--bf16"] if bf16 else []) + ([] if on_cpu_anyway else [f"--device {device}"])
     onnx = [p for p in paths if pick_backend(p, backend) == "onnxruntime"]
     if not (ignored and onnx):
         return []
