@@ -320,7 +320,7 @@ def _image_folder_batches(root: str | os.PathLike, limit: int | None, skipped: l
     decoded with the same guarded reader as predict; unreadable ones are skipped and listed in
     `skipped`, and a folder with none readable is an error that says why (not "empty")."""
     from .data import image_folder
-    from .images import ImageReadError, read_image
+    from .images import read_readable
 
     folder = image_folder(root, "test")
     samples = list(folder.samples)  # (path, label), sorted by class
@@ -328,19 +328,12 @@ def _image_folder_batches(root: str | os.PathLike, limit: int | None, skipped: l
     if limit is not None and limit < len(samples):
         # Spread over the class-sorted list so every class is represented.
         samples = [samples[math.floor(i * len(samples) / limit)] for i in range(limit)]
+    paths = [path for path, _ in samples]
 
     def batches(channels: int) -> Iterator[tuple[Tensor, Tensor]]:
         skipped.clear()
-        for path, label in samples:
-            try:
-                image = read_image(path, channels)
-            except ImageReadError as e:
-                skipped.append(str(e))
-                continue
-            yield image.unsqueeze(0), torch.tensor([label])
-        if samples and len(skipped) == len(samples):
-            raise UserError(f"none of the {len(samples)} image(s) in {root} could be read; "
-                            f"the first: {skipped[0]}")
+        for index, image in read_readable(paths, channels, skipped, str(root)):
+            yield image.unsqueeze(0), torch.tensor([samples[index][1]])
 
     return class_names, len(samples), batches
 

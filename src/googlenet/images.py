@@ -13,13 +13,14 @@ import os
 import stat
 import warnings
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .errors import RunError, first_line
+from .errors import RunError, UserError, first_line
 
 # Pillow's own default (~89 megapixels, ~0.27 GB as RGB uint8): large enough for any photo,
 # small enough that a forged header cannot exhaust memory.
@@ -42,6 +43,22 @@ def read_image(path: str | os.PathLike, channels: int = 3, max_pixels: int = DEF
     except (ValueError, OSError) as e:  # a mode Pillow cannot convert (e.g. LAB)
         raise ImageReadError(f"{path}: cannot convert {image.mode} image to "
                              f"{'grayscale' if channels == 1 else 'RGB'} ({e})") from None
+
+
+def read_readable(paths: Sequence[str | os.PathLike], channels: int, skipped: list[str],
+                  where: str) -> Iterator[tuple[int, torch.Tensor]]:
+    """(index, image) for each of `paths` that decodes, in order; the one-line reason of each
+    that does not is appended to `skipped` (the caller reports them). If not one decodes, a
+    UserError names `where` and the first reason: a batch of nothing would be a traceback."""
+    for index, path in enumerate(paths):
+        try:
+            image = read_image(path, channels)
+        except ImageReadError as e:
+            skipped.append(str(e))
+            continue
+        yield index, image
+    if paths and len(skipped) >= len(paths):
+        raise UserError(f"none of the {len(paths)} image(s) in {where} could be read; the first: {skipped[0]}")
 
 
 def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

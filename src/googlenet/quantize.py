@@ -63,25 +63,16 @@ def calibration_batches(meta: dict, dataset: str | None, count: int, data_dir: s
 def _folder_images(root: str | None, count: int, channels: int) -> list[torch.Tensor]:
     """`count` images spread evenly over root/train (its files are sorted by class), decoded
     by the guarded reader predict uses; unreadable files are skipped, and a folder where not
-    one picked file decodes is a one-line error naming the first reason (torch.stack of
-    nothing would be a traceback)."""
+    one picked file decodes is a one-line error naming the first reason."""
     from .data.datasets import image_folder
-    from .images import ImageReadError, read_image
+    from .images import read_readable
 
     if not root:
         raise UserError("int8 calibration on an ImageFolder needs --data DIR (the folder holding train/)")
     samples = image_folder(root, "train").samples
     step = max(1, len(samples) // count)
-    images, skipped = [], []
-    for path, _ in samples[::step][:count]:
-        try:
-            images.append(read_image(path, channels))
-        except ImageReadError as e:
-            skipped.append(str(e))
-    if not images:
-        raise UserError(f"int8 calibration found no readable image in {root}/train; the first of "
-                        f"{len(skipped)} unreadable: {skipped[0] if skipped else '-'}")
-    return images
+    paths = [path for path, _ in samples[::step][:count]]
+    return [image for _, image in read_readable(paths, channels, [], f"{root}/train")]
 
 
 class _Reader:

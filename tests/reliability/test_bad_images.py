@@ -134,6 +134,23 @@ def test_every_file_unreadable_is_one_clear_error(tmp_path):
         _all_batches(_loader(root, "train", batch=2))
 
 
+def test_read_readable_skips_bad_files_and_fails_only_when_none_decode(tmp_path):
+    """The reader eval and int8 calibration share: good files keep their index, bad ones are
+    listed with their reason, and an all-bad list is one UserError naming the first file."""
+    from googlenet.errors import UserError
+    from googlenet.images import read_readable
+
+    (tmp_path / "good.png").write_bytes(GOOD_PNG)
+    (tmp_path / "bad.png").write_bytes(GOOD_PNG[:40])
+    skipped: list[str] = []
+    got = list(read_readable([tmp_path / "bad.png", tmp_path / "good.png"], 1, skipped, "here"))
+    assert [index for index, _ in got] == [1] and got[0][1].shape == (1, 16, 20)
+    assert len(skipped) == 1 and "bad.png" in skipped[0]
+    with pytest.raises(UserError, match=r"none of the 2 image\(s\) in here could be read; the first: .*bad\.png"):
+        list(read_readable([tmp_path / "bad.png", tmp_path / "bad.png"], 3, [], "here"))
+    assert list(read_readable([], 3, [], "here")) == []
+
+
 def test_a_training_run_survives_a_truncated_image(tmp_path, capsys):
     """The whole command: a run over a folder with a truncated JPEG finishes and says which file."""
     from googlenet.cli import main
