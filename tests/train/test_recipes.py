@@ -63,6 +63,27 @@ def test_bad_values_are_user_errors(override, message):
         resolve_config(overrides=[override])
 
 
+@pytest.mark.parametrize("override, message", [("lr=nan", "lr must be positive, got nan"),
+                                               ("lr=.inf", "lr must be positive, got inf"),
+                                               ("momentum=-1", "momentum is a fraction"),
+                                               ("momentum=5", "momentum is a fraction"),
+                                               ("weight_decay=-1", "weight_decay must be 0 or more"),
+                                               ("weight_decay=nan", "weight_decay must be 0 or more"),
+                                               ("ema_decay=2", "ema_decay is a fraction"),
+                                               ("final_lr_scale=-1", "final_lr_scale is a fraction"),
+                                               ("step_every=0", "step_every must be positive"),
+                                               ("step_gamma=0", "step_gamma must be positive"),
+                                               ("photometric=-1", "photometric must be 0 or more"),
+                                               ("aux_weight=-1", "aux_weight must be 0 or more"),
+                                               ("crop_padding=-3", "crop_padding must be 0 or more"),
+                                               ("dist_timeout=nan", "dist_timeout must be positive")])
+def test_out_of_range_numbers_are_user_errors_not_tracebacks_later(override, message):
+    """momentum=-1 was a torch ValueError traceback, step_every=0 a ZeroDivisionError, lr=nan a
+    run that failed at its second step: each is now one line before anything starts."""
+    with pytest.raises(UserError, match=message):
+        resolve_config(overrides=[override])
+
+
 def test_unknown_recipe():
     with pytest.raises(UserError, match="did you mean 'paper'"):
         load_recipe("papr")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -251,7 +252,7 @@ def validate(config: TrainConfig) -> None:
     for key, allowed in choices.items():
         if getattr(config, key) not in allowed:
             raise UserError(f"{key} must be one of {', '.join(allowed)}, got {getattr(config, key)!r}")
-    positive = ("epochs", "batch_size", "eval_every", "accum_steps", "dist_timeout")
+    positive = ("epochs", "batch_size", "eval_every", "accum_steps")
     for key in positive:
         if getattr(config, key) <= 0:
             raise UserError(f"{key} must be positive, got {getattr(config, key)}")
@@ -265,8 +266,18 @@ def validate(config: TrainConfig) -> None:
         value = getattr(config, key)
         if not 0 <= value <= 1:
             raise UserError(f"{key} is a fraction between 0 and 1, got {value}")
-    if config.lr <= 0:
-        raise UserError(f"lr must be positive, got {config.lr}")
+    for key in ("lr", "step_gamma", "step_every", "dist_timeout"):
+        value = getattr(config, key)
+        if not (math.isfinite(value) and value > 0):  # nan slips past `<= 0`
+            raise UserError(f"{key} must be positive, got {value}")
+    for key in ("weight_decay", "photometric", "aux_weight", "crop_padding"):
+        value = getattr(config, key)
+        if not (math.isfinite(value) and value >= 0):
+            raise UserError(f"{key} must be 0 or more, got {value}")
+    for key in ("momentum", "ema_decay", "final_lr_scale"):
+        value = getattr(config, key)
+        if not 0 <= value <= 1:
+            raise UserError(f"{key} is a fraction between 0 and 1, got {value}")
     if config.budget is not None:
         parse_duration(config.budget)
     from ..models import model_variant  # here, not at the top: the models import torch
