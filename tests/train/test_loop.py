@@ -67,6 +67,20 @@ def test_a_budget_mostly_spent_on_the_final_test_says_so(fmnist_dir, tmp_path, c
     assert "--limit-test" in out
 
 
+def test_the_final_test_note_never_suggests_more_test_images_than_the_run_has(fmnist_dir, tmp_path, capsys,
+                                                                                  monkeypatch):
+    """`--budget 0.001s --limit-test 32` was told '~0 s of the 0-s budget ... test on fewer images
+    with --limit-test 256': the test batch size, more than the 32 images it tested."""
+    from googlenet.train import loop
+
+    monkeypatch.setattr(loop.Trainer, "_measure_eval_rate", lambda self: 0.2)  # 24 test images: ~120 s
+    config = resolve_config(flags={**TINY, "data": str(fmnist_dir), "budget": "0.5s"})
+    train(config, out=tmp_path / "run")
+    note = [line for line in capsys.readouterr().out.splitlines() if "final test alone" in line]
+    assert note == ["note: the final test alone takes ~120 s of the 0.5-s budget (24 images at 0.2 img/s), "
+                    "so the run will train little and may overrun it; give a longer --budget"]
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_the_fused_optimizer_steps_like_the_per_tensor_one(optimizer):
     """build_optimizer picks torch's fused kernels (a CPU speed-up): same updates as the

@@ -154,6 +154,11 @@ def train(config: TrainConfig, out: str | Path | None = None, resume: str | Path
             raise failed from None
 
 
+def _figure(value: float) -> str:
+    """12.4 -> '12', 0.3 -> '0.3', 0.001 -> '0.001': a tiny budget or a slow img/s is not shown as '0'."""
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, run_dir: Path, process: Process, payload: dict | None = None,
                  started_at: float | None = None, notes: Iterable[str] = ()) -> None:
@@ -487,10 +492,12 @@ class Trainer:
                  f"{epochs} epochs{subset_note}; final test on all {test_images} images")
         if final_eval_s > 0.5 * budget:  # the budget is mostly the final test: the run will overrun or barely train
             passes = 3 if self.config.tta_flip else 1  # flip averaging tests each image three times
-            fits = max(self.test_loader.batch_size, int(0.25 * budget * eval_rate / passes) // 10 * 10)
-            self.say(f"note: the final test alone takes ~{final_eval_s:.0f} s of the {budget:.0f}-s budget "
-                     f"({test_images} images at {eval_rate:.0f} img/s), so the run will train little and may "
-                     f"overrun it; give a longer --budget, or test on fewer images with --limit-test {fits}")
+            fits = int(0.25 * budget * eval_rate / passes)  # images a quarter of the budget can test
+            fits = fits // 10 * 10 if fits >= 10 else fits
+            fewer = f", or test on fewer images with --limit-test {fits}" if fits >= 1 else ""
+            self.say(f"note: the final test alone takes ~{_figure(final_eval_s)} s of the {_figure(budget)}-s "
+                     f"budget ({test_images} images at {_figure(eval_rate)} img/s), so the run will train little and "
+                     f"may overrun it; give a longer --budget{fewer}")
         return plan
 
     def _final_eval_s(self) -> float:
