@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import time
 
 import pytest
@@ -206,6 +207,9 @@ def test_progress_lines_without_a_terminal(fmnist_dir, tmp_path, capsys, monkeyp
     assert lines, "no progress line was printed"
     done = [int(line.split(": ", 1)[1].split("/")[0]) for line in lines]
     assert done == sorted(done) and done[0] > 0
+    # "1.2 min" alone read as the time left as well as the time spent: both are named
+    assert all(re.search(r"img/s, \d+\.\d min in, ~\d+\.\d min left$", line) for line in lines), lines
+    assert lines[-1].endswith("~0.0 min left")
 
 
 def test_a_new_batch_size_without_lr_gets_a_rescaling_note(fmnist_dir, tmp_path, capsys):

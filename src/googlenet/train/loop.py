@@ -380,8 +380,9 @@ class Trainer:
             now = time.perf_counter()
             if plain_progress and now - last_report >= PLAIN_PROGRESS_EVERY_S:
                 last_report = now
-                self.say(f"  {desc}: {done_images}/{steps * self.train_loader.global_batch} images, "
-                         f"{done_images / (now - started):.0f} img/s, {(now - started) / 60:.1f} min")
+                total_images, rate = steps * self.train_loader.global_batch, done_images / (now - started)
+                self.say(f"  {desc}: {done_images}/{total_images} images, {_figure(rate)} img/s, "
+                         f"{(now - started) / 60:.1f} min in, ~{(total_images - done_images) / rate / 60:.1f} min left")
             if self._stopping():
                 break
         bar.close()
@@ -654,7 +655,7 @@ class Trainer:
                 if row["test_top1"] != "" else "test -")
         self.say(f"epoch {row['epoch']}/{self.plan.epochs}  loss {row['train_loss']:.4f}  "
                  f"train {row['train_acc']:.2f}%  {test}  lr {float(row['lr']):.4g}  "
-                 f"{row['img_per_s']:.0f} img/s  {row['epoch_s']:.0f}s")
+                 f"{_figure(row['img_per_s'])} img/s  {row['epoch_s']:.0f}s")
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=METRICS_FIELDS)
         writer.writeheader()
