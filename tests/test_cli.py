@@ -82,3 +82,20 @@ def test_a_negative_budget_reaches_the_budget_check(capsys):
     with pytest.raises(SystemExit):  # a missing value is still argparse's to report
         main(["train", "--budget"])
     assert "--budget: expected one argument" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("length", [["--epochs", "5", "--budget", "1m"], ["--set", "epochs=5", "--budget", "1m"],
+                                    ["--epochs", "5", "--set", "budget=1m"]])
+def test_epochs_with_a_budget_is_refused_not_silently_dropped(length, capsys, monkeypatch):
+    """`--epochs 5 --budget 1m` trained whatever the budget fitted (1 epoch here) and never
+    said --epochs was ignored."""
+    import googlenet.train
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(googlenet.train, "train", no_training)
+    assert main(["train", *length]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["googlenet train: error: --epochs 5 and --budget 1m both set how long the run is, and the "
+                   "budget picks the epochs itself; give one of them"]

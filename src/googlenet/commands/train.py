@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", help="fashion-mnist | cifar10 | cifar100 | imagefolder")
     p.add_argument("--data", metavar="DIR", help="folder holding the dataset")
     p.add_argument("--epochs", type=int, metavar="N", help="passes over the training data")
-    p.add_argument("--budget", metavar="TIME", help="fit the whole schedule to a wall-clock budget, e.g. 10m")
+    p.add_argument("--budget", metavar="TIME", help="fit the whole schedule to a wall-clock budget instead of --epochs: 90s, "
+                                                    "10m, 1.5h (a bare number is seconds)")
     p.add_argument("--batch-size", type=int, metavar="N", help="images per step (per process)")
     p.add_argument("--lr", type=float, metavar="X", help="peak learning rate")
     p.add_argument("--device", help="auto | cpu | cuda[:N]")
@@ -80,7 +81,8 @@ def _launch(args: argparse.Namespace) -> int:
     if not args.resume:  # flag mistakes end here in one line, before any process starts
         from ..train import resolve_config
 
-        resolve_config(args.recipe, args.config, {k: getattr(args, k) for k in CONFIG_FLAGS}, args.set)
+        config = resolve_config(args.recipe, args.config, {k: getattr(args, k) for k in CONFIG_FLAGS}, args.set)
+        _epochs_and_budget(args, config)
     return distributed.launch_local(args.nproc, _train_args(args))
 
 
@@ -106,6 +108,20 @@ def _unscaled_lr_note(args: argparse.Namespace, config) -> str | None:
             f"set for batch {theirs}; for SGD the usual rescaling is --lr {scaled:.3g}")
 
 
+def _epochs_and_budget(args: argparse.Namespace, config) -> None:
+    """--epochs on the command line with a budget: the budget decides the epochs, so the
+    --epochs asked for would be dropped without a word. One line instead."""
+    from ..errors import UserError
+    from ..train.recipes import parse_overrides
+
+    if config.budget is None:
+        return
+    epochs = parse_overrides(args.set).get("epochs", args.epochs)
+    if epochs is not None:
+        raise UserError(f"--epochs {epochs} and --budget {config.budget} both set how long the run is, and the "
+                        "budget picks the epochs itself; give one of them")
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.nproc is not None and args.nproc != 1:
@@ -127,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         flags = {k: getattr(args, k) for k in CONFIG_FLAGS}
         flags["tensorboard"] = args.tensorboard
         config = resolve_config(args.recipe, args.config, flags, args.set)
+        _epochs_and_budget(args, config)
         notes = [n for n in [_unscaled_lr_note(args, config)] if n]
     elif env_world_size() > 1:  # the process group needs the run's device and timeout
         config = config_from_dict(checkpoint.load_checkpoint(args.resume)["config"])
