@@ -99,3 +99,23 @@ def test_epochs_with_a_budget_is_refused_not_silently_dropped(length, capsys, mo
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["googlenet train: error: --epochs 5 and --budget 1m both set how long the run is, and the "
                    "budget picks the epochs itself; give one of them"]
+
+
+def test_import_torchvision_refuses_to_overwrite_its_input_and_names_a_folder(tmp_path, capsys):
+    """`import-torchvision tv.pth tv.pth` replaced the user's .pth with safetensors without a
+    word; a folder as the .pth was reported as 'weights file not found'."""
+    import torch
+
+    import googlenet
+
+    pth = tmp_path / "tv.pth"
+    torch.save(googlenet.create_model("googlenet_tv", num_classes=3, aux_logits=False).state_dict(), pth)
+    before = pth.read_bytes()
+    assert main(["import-torchvision", str(pth), str(tmp_path / "." / "tv.pth")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"googlenet import-torchvision: error: OUT {tmp_path / 'tv.pth'} is the input file itself and would be "
+        f"overwritten; pick another OUT file, e.g. {tmp_path / 'tv.safetensors'}"]
+    assert pth.read_bytes() == before
+    assert main(["import-torchvision", str(tmp_path), str(tmp_path / "out.safetensors")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"googlenet import-torchvision: error: {tmp_path} is a folder; give the torchvision .pth file itself"]

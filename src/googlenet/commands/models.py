@@ -76,9 +76,18 @@ def summary_cmd(args: argparse.Namespace) -> int:
 
 
 def import_torchvision_cmd(args: argparse.Namespace) -> int:
-    from ..errors import output_errors
+    import os
+    from pathlib import Path
+
+    from ..errors import UserError, output_errors
     from ..models import import_torchvision, read_metadata
 
+    pth, out = Path(args.pth), Path(args.out)
+    if pth.is_dir():  # not "weights file not found": it is there, as a folder
+        raise UserError(f"{pth} is a folder; give the torchvision .pth file itself")
+    if pth.is_file() and out.exists() and os.path.samefile(pth, out):  # the .pth would be replaced
+        raise UserError(f"OUT {out} is the input file itself and would be overwritten; pick another OUT file, "
+                        f"e.g. {pth.with_suffix('.safetensors')}")
     with output_errors(args.out, "pick another OUT file"):
         out = import_torchvision(args.pth, args.out, transform_input=args.transform_input)
     meta = read_metadata(out)
