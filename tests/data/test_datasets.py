@@ -102,6 +102,16 @@ def test_a_data_folder_that_does_not_exist_is_named_as_such(tmp_path, name):
     assert f"--data {tmp_path / 'typo'}: no such folder" in message and "\n" not in message
 
 
+def test_a_fashion_mnist_data_path_that_is_a_file_is_named_as_such(tmp_path):
+    """`--data .../train-images-idx3-ubyte.gz` was told 'no such folder' about a file that exists."""
+    one = tmp_path / "train-images-idx3-ubyte.gz"
+    one.write_bytes(b"")
+    with pytest.raises(UserError) as info:
+        load_dataset("fashion-mnist", "train", data_dir=one)
+    assert str(info.value) == (f"--data {one} is a file; pass the folder holding the four Fashion-MNIST idx files "
+                               f"(e.g. --data {tmp_path})")
+
+
 def test_unknown_dataset_suggests():
     with pytest.raises(UserError, match="cifar10"):
         load_dataset("cifar-10", "train")

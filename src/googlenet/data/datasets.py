@@ -171,6 +171,9 @@ def _fashion_mnist(split: str, data_dir: str | os.PathLike | None) -> ArrayDatas
 
 def _locate_fashion_mnist(split: str, data_dir: str | os.PathLike | None) -> tuple[Path, Path]:
     if data_dir is not None:
+        if Path(data_dir).is_file():  # e.g. one of the four .gz files: the folder holding it is meant
+            raise UserError(f"--data {data_dir} is a file; pass the folder holding the four Fashion-MNIST idx "
+                            f"files (e.g. --data {Path(data_dir).parent})")
         if not Path(data_dir).is_dir():
             raise UserError(f"--data {data_dir}: no such folder; pass the folder holding the four "
                             f"Fashion-MNIST idx files, or leave --data out to use {FASHION_MNIST_SYSTEM_DIR}")
