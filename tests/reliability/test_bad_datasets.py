@@ -42,7 +42,9 @@ def _train_folder(root, tmp_path):
     ("no-val", "val/"),
     ("empty-class", "1 class folder(s) hold no image file (b); image files end in .jpg"),
     ("only-text-files", "1 class folder(s) hold no image file (a); image files end in .jpg"),
-    ("different-classes", "different class folders"),
+    ("different-classes", "train/ and val/ have different class folders (only in train/: b; only in val/: c); "
+                          "give every class a folder in both"),
+    ("one-class", "train/ has one class folder (a); a classifier needs two or more, one folder of images per class"),
     ("missing-root", "has no train/"),
 ])
 def test_broken_image_folders(case, needle, tmp_path, capsys):
@@ -60,6 +62,8 @@ def test_broken_image_folders(case, needle, tmp_path, capsys):
         _folder(root / "y", splits=("val",), classes=("a", "c"))
         (root / "x" / "train").rename(root / "train")
         (root / "y" / "val").rename(root / "val")
+    elif case == "one-class":  # trained to 100% on its one class and learnt nothing
+        _folder(root, classes=("a",))
     line = _one_line_error(capsys, _train_folder(root, tmp_path))
     assert str(root) in line and needle in line, line
 

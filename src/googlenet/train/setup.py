@@ -84,7 +84,14 @@ def _folder_loaders(config: TrainConfig, device: torch.device, rank: int, world_
     train = image_folder(config.data, "train")
     test = image_folder(config.data, "val")
     if train.class_names != test.class_names:
-        raise UserError(f"{config.data}: train/ and val/ have different class folders")
+        only = [f"only in {split}/: {', '.join(sorted(set(mine) - set(theirs)))}"
+                for split, mine, theirs in (("train", train.class_names, test.class_names),
+                                            ("val", test.class_names, train.class_names)) if set(mine) - set(theirs)]
+        raise UserError(f"{config.data}: train/ and val/ have different class folders ({'; '.join(only)}); "
+                        "give every class a folder in both")
+    if len(train.class_names) < 2:  # a one-class "classifier" scores 100% and has learnt nothing
+        raise UserError(f"{config.data}: train/ has one class folder ({train.class_names[0]}); a classifier needs "
+                        "two or more, one folder of images per class")
     common = dict(train_transform=train_tf, eval_transform=eval_tf, workers=config.workers, seed=config.seed,
                   rank=rank, world_size=world_size, channels_last=config.channels_last)
     train_loader = FolderLoader(_limited(train, config.limit_train), config.batch_size * config.accum_steps,
