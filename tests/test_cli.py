@@ -119,3 +119,13 @@ def test_import_torchvision_refuses_to_overwrite_its_input_and_names_a_folder(tm
     assert main(["import-torchvision", str(tmp_path), str(tmp_path / "out.safetensors")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"googlenet import-torchvision: error: {tmp_path} is a folder; give the torchvision .pth file itself"]
+
+
+def test_resume_without_a_checkpoint_is_the_error_alone(tmp_path, capsys):
+    """`--resume NOPE --epochs 3` printed 'note: ... ignoring --epochs' before saying there is
+    nothing to resume: a note about a run that cannot start."""
+    assert main(["train", "--resume", str(tmp_path / "nope"), "--epochs", "3"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip().splitlines() == [
+        f"googlenet train: error: no checkpoint at {tmp_path / 'nope'}; --resume takes a run folder holding last.pt"]
