@@ -114,3 +114,19 @@ def test_a_size_too_small_for_the_pools_names_the_smallest_that_works(capsys):
                    "31px; use --input-size 31 or more, or a model for small images (googlenet_cifar, "
                    "googlenet_cifar_fast)"]
     assert main(["summary", "googlenet", "--input-size", "31", "--format", "csv"]) == 0
+
+
+def test_a_size_too_large_for_memory_says_so_in_words(capsys, monkeypatch):
+    """`--input-size 100000` printed the allocator's '[enforce fail at alloc_cpu.cpp:127] err == 0.
+    DefaultCPUAllocator: ...'. The allocation is simulated: a real one would need 112 GiB."""
+    import googlenet.summary
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 120000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(googlenet.summary, "summarize", out_of_memory)
+    assert main(["summary", "googlenet_cifar", "--input-size", "100000"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "googlenet summary: error: googlenet_cifar at 100000px needs more memory than this machine has (one layer "
+        "asked for 112 GiB); use a smaller --input-size"]

@@ -51,6 +51,8 @@ def list_models_cmd(args: argparse.Namespace) -> int:
 
 
 def summary_cmd(args: argparse.Namespace) -> int:
+    import re
+
     from ..errors import UserError, first_line
     from ..models import check_input_size, create_model
     from ..summary import render, summarize
@@ -70,6 +72,10 @@ def summary_cmd(args: argparse.Namespace) -> int:
     try:
         table = summarize(model, args.input_size)
     except RuntimeError as e:  # anything else the probe could not foresee
+        asked = re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", str(e))
+        if asked:  # not the allocator's "[enforce fail at alloc_cpu.cpp:127] err == 0. ..."
+            raise UserError(f"{args.model} at {args.input_size}px needs more memory than this machine has (one "
+                            f"layer asked for {int(asked.group(1)) / 2**30:.0f} GiB); use a smaller --input-size") from None
         raise UserError(f"{args.model} cannot run at {args.input_size}px: {first_line(e)}") from None
     print(render(table, args.format))
     return 0
