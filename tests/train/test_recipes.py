@@ -49,6 +49,22 @@ def test_unknown_key_suggests_the_closest(tmp_path):
         resolve_config(config_file=str(path))
 
 
+@pytest.mark.parametrize("key, message", [
+    ("learning_rate", "unknown config key 'learning_rate' in --set; did you mean 'lr'?"),
+    ("amp", "unknown config key 'amp' in --set; did you mean 'precision'?"),
+    ("image_size", "unknown config key 'image_size' in --set; did you mean 'input_size'?"),
+    ("resume", "'resume' in --set is not a config key; use the flag --resume"),
+    ("out", "'out' in --set is not a config key; use the flag --out"),
+    ("num_classes", "num_classes in --set is not a config key: the classes come from the dataset (an image "
+                    "folder's class folders)")])
+def test_common_names_from_other_tools_get_the_right_suggestion(key, message):
+    """By spelling alone learning_rate suggested 'erasing', amp 'warmup', resume 'resize' (a key
+    that exists: a user who took the hint changed the image size), num_classes 'accum_steps'."""
+    with pytest.raises(UserError) as info:
+        resolve_config(overrides=[f"{key}=1"])
+    assert str(info.value) == message
+
+
 @pytest.mark.parametrize("override, message", [("epochs=two", "epochs must be int"),
                                                ("lr=-1", "lr must be positive"),
                                                ("schedule=linear", "schedule must be one of"),

@@ -158,9 +158,21 @@ def _coerce(key: str, value: Any) -> Any:
     raise UserError(f"{key} must be {names}, got {value!r}")
 
 
+# Names other tools use, where spelling alone suggests a wrong key (learning_rate -> 'erasing').
+SYNONYMS = {"learning_rate": "lr", "bs": "batch_size", "wd": "weight_decay", "amp": "precision",
+            "image_size": "input_size", "opt": "optimizer", "num_workers": "workers"}
+FLAGS_NOT_KEYS = ("out", "resume", "config", "nproc")  # what the run is, not how it trains
+
+
 def check_key(key: str, source: str) -> None:
+    if key in FLAGS_NOT_KEYS:
+        raise UserError(f"{key!r} in {source} is not a config key; use the flag --{key}")
+    if key == "num_classes":
+        raise UserError(f"num_classes in {source} is not a config key: the classes come from the dataset "
+                        "(an image folder's class folders)")
     if key not in FIELD_NAMES:
-        close = difflib.get_close_matches(key, FIELD_NAMES, n=1, cutoff=0.5) or [
+        close = ([SYNONYMS[key]] if key in SYNONYMS else None) or difflib.get_close_matches(
+            key, FIELD_NAMES, n=1, cutoff=0.5) or [
             f for f in FIELD_NAMES if key.startswith(f + "_") or f.startswith(key)][:1]
         hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(FIELD_NAMES)}"
         raise UserError(f"unknown config key {key!r} in {source}{hint}")
