@@ -129,3 +129,13 @@ def test_resume_without_a_checkpoint_is_the_error_alone(tmp_path, capsys):
     assert captured.out == ""
     assert captured.err.strip().splitlines() == [
         f"googlenet train: error: no checkpoint at {tmp_path / 'nope'}; --resume takes a run folder holding last.pt"]
+
+
+def test_train_help_says_where_the_config_keys_and_budget_units_are(capsys):
+    """--set said 'override any config key' without saying where the keys are listed, and
+    --budget gave only '10m' as a unit."""
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "every key, with its value, is in a run's config.yaml" in text
+    assert "instead of --epochs: 90s, 10m, 1.5h (a bare number is seconds)" in text

@@ -51,7 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--on-nan", choices=("stop", "skip"),
                    help="a NaN/Inf loss: stop the run, keeping the last checkpoint (default), or skip that step")
     p.add_argument("--tensorboard", action="store_true", default=None, help="also write TensorBoard events")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set erasing=0 (repeatable; every key, with its "
+                        "value, is in a run's config.yaml)")
     p.add_argument("--nproc", type=int, metavar="N",
                    help="train with N processes on this machine (DistributedDataParallel through torchrun; one "
                         "per GPU); --batch-size stays per process. Several machines: torchrun --nnodes ... "
