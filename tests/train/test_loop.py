@@ -82,6 +82,15 @@ def test_the_final_test_note_never_suggests_more_test_images_than_the_run_has(fm
                     "so the run will train little and may overrun it; give a longer --budget"]
 
 
+def test_freeze_without_weights_says_the_frozen_layers_are_random(fmnist_dir, tmp_path, capsys):
+    """`--freeze 4e` with no --weights trained only stage 5 and the classifier on top of frozen
+    random layers, and said only 'frozen: conv1 .. inception4e'."""
+    config = resolve_config(flags={**TINY, "data": str(fmnist_dir), "epochs": 1, "freeze": "4e"})
+    train(config, out=tmp_path / "run")
+    assert ("note: no --weights, so the frozen layers keep their random initialisation and only what follows 4e "
+            "learns; --freeze is for fine-tuning (--weights FILE|imagenet)") in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_the_fused_optimizer_steps_like_the_per_tensor_one(optimizer):
     """build_optimizer picks torch's fused kernels (a CPU speed-up): same updates as the

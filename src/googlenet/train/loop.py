@@ -185,6 +185,9 @@ class Trainer:
         self.frozen = freeze_until(model, config.freeze)
         if self.frozen:
             self.say(f"frozen: {self.frozen[0]} .. {self.frozen[-1]} (weights and batch-norm statistics)")
+            if not config.weights:  # a linear probe on random features: almost surely a forgotten --weights
+                self.say(f"note: no --weights, so the frozen layers keep their random initialisation and only "
+                         f"what follows {config.freeze} learns; --freeze is for fine-tuning (--weights FILE|imagenet)")
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format)
         self.step_model = process.wrap_model(torch.compile(self.model) if config.compile else self.model)
