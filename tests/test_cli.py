@@ -139,3 +139,23 @@ def test_train_help_says_where_the_config_keys_and_budget_units_are(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "every key, with its value, is in a run's config.yaml" in text
     assert "instead of --epochs: 90s, 10m, 1.5h (a bare number is seconds)" in text
+
+
+def test_epochs_with_a_budget_from_a_config_file_says_how_to_drop_it(tmp_path, capsys, monkeypatch):
+    """A budget run's config.yaml repeated with --epochs: the budget is the file's, not a flag to
+    leave out, so the message says how to clear it."""
+    import googlenet.train
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(googlenet.train, "train", no_training)
+    (tmp_path / "config.yaml").write_text("budget: 20s\n")
+    assert main(["train", "--config", str(tmp_path / "config.yaml"), "--epochs", "2"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"googlenet train: error: --epochs 2 and the budget: 20s of {tmp_path / 'config.yaml'} both set how long "
+        "the run is; drop the budget with --set budget= to train for the epochs"]
+    monkeypatch.setattr(googlenet.train, "train", lambda config, **kwargs: (_ for _ in ()).throw(
+        AssertionError(f"trains {config.epochs} epochs, budget {config.budget}")))
+    with pytest.raises(AssertionError, match="trains 2 epochs, budget None"):
+        main(["train", "--config", str(tmp_path / "config.yaml"), "--epochs", "2", "--set", "budget="])

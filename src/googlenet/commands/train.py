@@ -119,10 +119,15 @@ def _epochs_and_budget(args: argparse.Namespace, config) -> None:
 
     if config.budget is None:
         return
-    epochs = parse_overrides(args.set).get("epochs", args.epochs)
-    if epochs is not None:
-        raise UserError(f"--epochs {epochs} and --budget {config.budget} both set how long the run is, and the "
-                        "budget picks the epochs itself; give one of them")
+    overrides = parse_overrides(args.set)
+    epochs = overrides.get("epochs", args.epochs)
+    if epochs is None:
+        return
+    if args.budget is None and "budget" not in overrides:  # it came from --config FILE
+        raise UserError(f"--epochs {epochs} and the budget: {config.budget} of {args.config} both set how long the "
+                        "run is; drop the budget with --set budget= to train for the epochs")
+    raise UserError(f"--epochs {epochs} and --budget {config.budget} both set how long the run is, and the "
+                    "budget picks the epochs itself; give one of them")
 
 
 def run(args: argparse.Namespace) -> int:
