@@ -83,7 +83,7 @@ def test_sigint_saves_a_checkpoint_mid_epoch_and_resume_finishes(fmnist, tmp_pat
 
     monkeypatch.undo()
     assert main(["train", "--resume", str(run)]) == 0
-    assert f"resuming {run} part-way through epoch 2 (2 of its 4 steps done) (step 6)" in capsys.readouterr().out
+    assert f"resuming {run} part-way through epoch 2 (step 6: 2 of the epoch's 4 steps done)" in capsys.readouterr().out
     state = _checkpoint(run)
     assert state["step"] == 3 * STEPS_PER_EPOCH and state["epoch"] == 3
     rows = list(csv.DictReader((run / "metrics.csv").open()))

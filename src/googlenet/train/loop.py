@@ -727,10 +727,11 @@ class Trainer:
         self.nan_guard.skipped = int(payload.get("skipped_steps", 0))
         ckpt.set_rng_state(payload["rng"])
         ended = self.plan.epoch_ends[self.epoch - 1] if self.epoch > 0 else 0
-        where = (f"after epoch {self.epoch}" if self.step == ended or self.epoch >= self.plan.epochs
-                 else f"part-way through epoch {self.epoch + 1} ({self.step - ended} of its "
-                      f"{self.plan.epoch_ends[self.epoch] - ended} steps done)")
-        self.say(f"resuming {self.run_dir} {where} (step {self.step})")
+        where = (f"after epoch {self.epoch} (step {self.step})"
+                 if self.step == ended or self.epoch >= self.plan.epochs
+                 else f"part-way through epoch {self.epoch + 1} (step {self.step}: {self.step - ended} of "
+                      f"the epoch's {self.plan.epoch_ends[self.epoch] - ended} steps done)")
+        self.say(f"resuming {self.run_dir} {where}")
 
     def _finish(self, final: EvalResult) -> TrainResult:
         weights = self.run_dir / ckpt.RUN_WEIGHTS
