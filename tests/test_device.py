@@ -34,6 +34,8 @@ def test_devices_the_project_does_not_run_on_are_one_line(name, says):
 def test_cuda_without_a_gpu():
     with pytest.raises(UserError, match="no CUDA GPU is available"):
         resolve_device("cuda:0")
+    with pytest.raises(UserError, match=r"^--device cuda:1 was asked for"):  # the device asked for, as typed
+        resolve_device("cuda:1")
 
 
 @pytest.mark.parametrize("command", [["bench", "--quick"], ["train", "--data", "nowhere"]])

@@ -114,6 +114,10 @@ def test_a_size_too_small_for_the_pools_names_the_smallest_that_works(capsys):
                    "31px; use --input-size 31 or more, or a model for small images (googlenet_cifar, "
                    "googlenet_cifar_fast)"]
     assert main(["summary", "googlenet", "--input-size", "31", "--format", "csv"]) == 0
+    # A small-image model too small for its own pools is not told to use itself.
+    assert main(["summary", "googlenet_cifar_fast", "--input-size", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "googlenet_cifar_fast cannot run at 1px" in err and "or a model for small images" not in err, err
 
 
 def test_a_size_too_large_for_memory_says_so_in_words(capsys, monkeypatch):

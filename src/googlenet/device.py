@@ -21,7 +21,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise UserError(f"--device {name} is not supported: googlenet runs on cpu or cuda (use auto to pick)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+            raise UserError(f"--device {name} was asked for but no CUDA GPU is available; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
                             f"numbered from 0")

@@ -10,6 +10,9 @@ from torch import nn
 
 from ..errors import UserError
 
+# The variants built for 28-32 px images (stems without the 224-px network's early downsampling).
+SMALL_IMAGE_MODELS = ("googlenet_cifar", "googlenet_cifar_fast")
+
 
 def check_input_size(model: nn.Module, input_size: int, in_chans: int, name: str) -> None:
     """One line, before training starts, instead of a pooling layer's traceback at the first
@@ -46,6 +49,7 @@ def check_input_size(model: nn.Module, input_size: int, in_chans: int, name: str
             low, high = (low, middle) if runs_at(middle) else (middle, high)
     except Unknown:
         return
+    small_models = [m for m in SMALL_IMAGE_MODELS if m != name]
+    other = f", or a model for small images ({', '.join(small_models)})" if name not in SMALL_IMAGE_MODELS else ""
     raise UserError(f"{name} cannot run at {input_size}px: its pools need images of at least {high}px; "
-                    f"use --input-size {high} or more, or a model for small images (googlenet_cifar, "
-                    "googlenet_cifar_fast)")
+                    f"use --input-size {high} or more{other}")
