@@ -14,7 +14,6 @@ mirror: 4 x 3 x 6 x 2 = 144 views. 10 crops are the four corners and the centre 
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -319,15 +318,12 @@ def _image_folder_batches(root: str | os.PathLike, limit: int | None, skipped: l
     for its own input (an RGB model next to a grayscale one must still see colour). Files are
     decoded with the same guarded reader as predict; unreadable ones are skipped and listed in
     `skipped`, and a folder with none readable is an error that says why (not "empty")."""
-    from .data import image_folder
+    from .data.datasets import image_folder, spread_over_classes
     from .images import read_readable
 
     folder = image_folder(root, "test")
-    samples = list(folder.samples)  # (path, label), sorted by class
+    samples = spread_over_classes(folder.samples, limit)  # the same files `train --limit-test` tests on
     class_names = folder.class_names
-    if limit is not None and limit < len(samples):
-        # Spread over the class-sorted list so every class is represented.
-        samples = [samples[math.floor(i * len(samples) / limit)] for i in range(limit)]
     paths = [path for path, _ in samples]
 
     def batches(channels: int) -> Iterator[tuple[Tensor, Tensor]]:

@@ -64,14 +64,12 @@ def _folder_images(root: str | None, count: int, channels: int) -> list[torch.Te
     """`count` images spread evenly over root/train (its files are sorted by class), decoded
     by the guarded reader predict uses; unreadable files are skipped, and a folder where not
     one picked file decodes is a one-line error naming the first reason."""
-    from .data.datasets import image_folder
+    from .data.datasets import image_folder, spread_over_classes
     from .images import read_readable
 
     if not root:
         raise UserError("int8 calibration on an ImageFolder needs --data DIR (the folder holding train/)")
-    samples = image_folder(root, "train").samples
-    step = max(1, len(samples) // count)
-    paths = [path for path, _ in samples[::step][:count]]
+    paths = [path for path, _ in spread_over_classes(image_folder(root, "train").samples, count)]
     return [image for _, image in read_readable(paths, channels, [], f"{root}/train")]
 
 

@@ -47,3 +47,21 @@ def test_paper_augmentation_on_tensors_runs(tmp_path, fake_fmnist, monkeypatch):
                                             "limit_test": 4, "device": "cpu", "input_size": 224})
     result = train(config, out=tmp_path / "run")
     assert result.test_images == 4 and torch.isfinite(torch.tensor(float(result.history[0]["train_loss"])))
+
+
+def test_limits_on_an_image_folder_keep_every_class(tmp_path):
+    """ImageFolder lists files class by class: --limit-train 3 on 3 classes x 4 files took the
+    first 3 files, all "cat". The limited sets now hold every class (evenly spaced picks),
+    the same files every time, and eval's --limit-test picks the same ones."""
+    from googlenet.data.datasets import image_folder
+    from googlenet.evaluate import _image_folder_batches
+    from googlenet.train.setup import _limited
+
+    data = _folder(tmp_path / "imgs")
+    train_set = _limited(image_folder(data, "train"), 3)
+    assert sorted(train_set.targets) == [0, 1, 2]
+    assert [label for _, label in train_set.samples] == train_set.targets and train_set.imgs == train_set.samples
+    assert _limited(image_folder(data, "train"), 3).samples == train_set.samples
+    assert len(_limited(image_folder(data, "val"), 100).samples) == 12  # a limit above the count keeps all
+    _, count, batches = _image_folder_batches(data, 3, [])
+    assert count == 3 and sorted(int(label) for _, label in batches(3)) == [0, 1, 2]

@@ -385,6 +385,15 @@ def _shorter_folder_error(message: str) -> str:
     return f"{len(empty)} class folder(s) hold no image file ({shown}); image files end in {found.group(2)}"
 
 
+def spread_over_classes(samples: list, limit: int | None) -> list:
+    """`limit` of an image folder's (path, label) samples, evenly spaced over the list.
+    ImageFolder sorts them class by class, so the first N would be one class alone; evenly
+    spaced picks keep every class (when N allows) and the same files every run."""
+    if limit is None or limit >= len(samples):
+        return list(samples)
+    return [samples[i * len(samples) // limit] for i in range(limit)]
+
+
 def image_folder(root: str | os.PathLike, split: str, transform=None):
     """An ImageFolder over root/<split> ("train" | "val"; "test" falls back to val/).
 

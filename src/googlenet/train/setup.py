@@ -103,10 +103,13 @@ def _folder_loaders(config: TrainConfig, device: torch.device, rank: int, world_
 
 
 def _limited(dataset, limit: int | None):
+    """--limit-train/--limit-test on an image folder: N files spread over every class."""
+    from ..data.datasets import spread_over_classes
+
     if limit is not None and limit < len(dataset):
-        dataset.samples = dataset.samples[:limit]
+        dataset.samples = spread_over_classes(dataset.samples, limit)
         dataset.imgs = dataset.samples
-        dataset.targets = dataset.targets[:limit]
+        dataset.targets = [label for _, label in dataset.samples]
     return dataset
 
 
