@@ -221,6 +221,23 @@ def test_progress_lines_without_a_terminal(fmnist_dir, tmp_path, capsys, monkeyp
     assert lines[-1].endswith("~0.0 min left")
 
 
+def test_progress_lines_of_a_many_epoch_run_say_how_long_the_whole_run_takes(fmnist_dir, tmp_path, capsys,
+                                                                             monkeypatch):
+    """`googlenet train` with no flags on a CPU is hours; the epoch's ETA alone did not say so.
+    Every epoch but the last adds the run's time left; the last ends as before."""
+    from googlenet.train import loop
+
+    monkeypatch.setattr(loop, "PLAIN_PROGRESS_EVERY_S", 0.0)  # every step
+    config = resolve_config(flags={**TINY, "data": str(fmnist_dir), "epochs": 2})
+    train(config, out=tmp_path / "run")
+    lines = [line for line in capsys.readouterr().out.splitlines() if "img/s, " in line and " min in" in line]
+    first = [line for line in lines if "epoch 1/2" in line]
+    last = [line for line in lines if "epoch 2/2" in line]
+    assert first and last, lines
+    assert all(re.search(r"min left, ~\d+\.\d (min|h) in the whole run$", line) for line in first), first
+    assert all(line.endswith("min left") for line in last), last
+
+
 def test_a_new_batch_size_without_lr_gets_a_rescaling_note(fmnist_dir, tmp_path, capsys):
     common = ["train", "--data", str(fmnist_dir), "--limit-train", "32", "--limit-test", "16", "--epochs", "1",
               "--input-size", "12", "--device", "cpu"]

@@ -381,11 +381,17 @@ class Trainer:
             bar.update(len(y_step) * self.process.world_size)
             done_images += len(y_step) * self.process.world_size
             now = time.perf_counter()
-            if plain_progress and now - last_report >= PLAIN_PROGRESS_EVERY_S:
+            if show and self.process.is_main and now - last_report >= PLAIN_PROGRESS_EVERY_S:
                 last_report = now
-                total_images, rate = steps * self.train_loader.global_batch, done_images / (now - started)
-                self.say(f"  {desc}: {done_images}/{total_images} images, {_figure(rate)} img/s, "
-                         f"{(now - started) / 60:.1f} min in, ~{(total_images - done_images) / rate / 60:.1f} min left")
+                # The epoch's ETA alone hides how long a many-epoch run is (hours on a CPU).
+                run_left = self._run_time_left((now - started) / (done_images / self.train_loader.global_batch))
+                if plain_progress:
+                    total_images, rate = steps * self.train_loader.global_batch, done_images / (now - started)
+                    self.say(f"  {desc}: {done_images}/{total_images} images, {_figure(rate)} img/s, "
+                             f"{(now - started) / 60:.1f} min in, ~{(total_images - done_images) / rate / 60:.1f} "
+                             f"min left" + (f", {run_left} in the whole run" if run_left else ""))
+                elif run_left:
+                    bar.set_postfix_str(f"{run_left} left in the run", refresh=False)
             if self._stopping():
                 break
         bar.close()
@@ -396,6 +402,14 @@ class Trainer:
         sums["correct"] += int(self.process.all_reduce_sum(correct)) // self.process.world_size
         sums["images"] += seen
         sums["seconds"] += time.perf_counter() - started
+
+    def _run_time_left(self, step_s: float) -> str | None:
+        """'~2.1 h' of training left in the whole run at `step_s` per step, or None when this is
+        the last epoch (its own ETA says it all). Tests and checkpoints are not counted."""
+        if self.epoch + 1 >= self.plan.epochs:
+            return None
+        seconds = (self.plan.total_steps - self.step) * step_s
+        return f"~{seconds / 60:.1f} min" if seconds < 90 * 60 else f"~{seconds / 3600:.1f} h"
 
     def _training_forward(self, x: Tensor) -> graphed.GraphedForward | None:
         """The graphed forward where it applies; recorded on the first call (a few seconds)."""
