@@ -40,8 +40,8 @@ def _train_folder(root, tmp_path):
 
 @pytest.mark.parametrize("case, needle", [
     ("no-val", "val/"),
-    ("empty-class", "1 class folder(s) hold no image file (b); image files end in .jpg"),
-    ("only-text-files", "1 class folder(s) hold no image file (a); image files end in .jpg"),
+    ("empty-class", "1 class folder(s) hold no image file (b); add images to them or remove them (image files end in .jpg"),
+    ("only-text-files", "1 class folder(s) hold no image file (a); add images to them or remove them (image files end in .jpg"),
     ("different-classes", "train/ and val/ have different class folders (only in train/: b; only in val/: c); "
                           "give every class a folder in both"),
     ("one-class", "train/ has one class folder (a); a classifier needs two or more, one folder of images per class"),

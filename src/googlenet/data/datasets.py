@@ -382,7 +382,8 @@ def _shorter_folder_error(message: str) -> str:
         return message
     empty = found.group(1).split(", ")
     shown = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
-    return f"{len(empty)} class folder(s) hold no image file ({shown}); image files end in {found.group(2)}"
+    return (f"{len(empty)} class folder(s) hold no image file ({shown}); add images to them or remove them "
+            f"(image files end in {found.group(2)})")
 
 
 def spread_over_classes(samples: list, limit: int | None) -> list:
