@@ -274,9 +274,10 @@ def validate(config: TrainConfig) -> None:
             raise UserError(f"{key} must be a positive number (or left unset), got {value}")
     if config.workers < 0:
         raise UserError(f"workers must be 0 or more, got {config.workers}")
-    for key in ("dropout", "dropout_aux", "label_smoothing", "erasing", "warmup", "resized_crop_min_area"):
+    for key in ("dropout", "dropout_aux", "label_smoothing", "erasing", "warmup", "resized_crop_min_area",
+                "momentum", "ema_decay", "final_lr_scale"):
         value = getattr(config, key)
-        if not 0 <= value <= 1:
+        if not 0 <= value <= 1:  # nan fails this too
             raise UserError(f"{key} is a fraction between 0 and 1, got {value}")
     for key in ("lr", "step_gamma", "step_every", "dist_timeout"):
         value = getattr(config, key)
@@ -286,10 +287,6 @@ def validate(config: TrainConfig) -> None:
         value = getattr(config, key)
         if not (math.isfinite(value) and value >= 0):
             raise UserError(f"{key} must be 0 or more, got {value}")
-    for key in ("momentum", "ema_decay", "final_lr_scale"):
-        value = getattr(config, key)
-        if not 0 <= value <= 1:
-            raise UserError(f"{key} is a fraction between 0 and 1, got {value}")
     if config.budget is not None:
         parse_duration(config.budget)
     from ..models import model_variant  # here, not at the top: the models import torch
