@@ -264,10 +264,11 @@ def validate(config: TrainConfig) -> None:
     for key, allowed in choices.items():
         if getattr(config, key) not in allowed:
             raise UserError(f"{key} must be one of {', '.join(allowed)}, got {getattr(config, key)!r}")
-    positive = ("epochs", "batch_size", "eval_every", "accum_steps")
-    for key in positive:
-        if getattr(config, key) <= 0:
-            raise UserError(f"{key} must be positive, got {getattr(config, key)}")
+    for key in ("epochs", "batch_size", "eval_every", "accum_steps", "lr", "step_gamma", "step_every",
+                "dist_timeout"):
+        value = getattr(config, key)
+        if not (math.isfinite(value) and value > 0):  # nan slips past `<= 0`
+            raise UserError(f"{key} must be positive, got {value}")
     for key in ("limit_train", "limit_test", "input_size", "resize", "eval_subset"):  # None: not set
         value = getattr(config, key)
         if value is not None and value <= 0:
@@ -279,10 +280,6 @@ def validate(config: TrainConfig) -> None:
         value = getattr(config, key)
         if not 0 <= value <= 1:  # nan fails this too
             raise UserError(f"{key} is a fraction between 0 and 1, got {value}")
-    for key in ("lr", "step_gamma", "step_every", "dist_timeout"):
-        value = getattr(config, key)
-        if not (math.isfinite(value) and value > 0):  # nan slips past `<= 0`
-            raise UserError(f"{key} must be positive, got {value}")
     for key in ("weight_decay", "photometric", "aux_weight", "crop_padding"):
         value = getattr(config, key)
         if not (math.isfinite(value) and value >= 0):
