@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 # Command-line flags that map one-to-one onto TrainConfig fields.
 CONFIG_FLAGS = ("model", "dataset", "data", "epochs", "budget", "batch_size", "lr", "device", "seed",
@@ -160,8 +159,7 @@ def run(args: argparse.Namespace) -> int:
             if args.resume:
                 given = [f"--{k.replace('_', '-')}" for k in CONFIG_FLAGS + ("recipe", "config", "out")
                          if getattr(args, k, None) is not None] + (["--set"] if args.set else [])
-                run_dir = Path(args.resume)
-                has_checkpoint = (run_dir / checkpoint.LAST if run_dir.is_dir() else run_dir).is_file()
+                has_checkpoint = checkpoint.checkpoint_path(args.resume).is_file()
                 if given and process.is_main and has_checkpoint:  # else: only the missing checkpoint's error
                     print(f"note: --resume continues with the run's saved config; ignoring {' '.join(given)}")
                 result = train(None, resume=args.resume, started_at=started, process=process)

@@ -66,11 +66,15 @@ def save_best(run_dir: Path, payload: dict[str, Any]) -> Path:
     return save_checkpoint(best, payload)
 
 
+def checkpoint_path(resume: str | Path) -> Path:
+    """The checkpoint `--resume` means: RUN_DIR/last.pt for a run folder, else the file given."""
+    resume = Path(resume)
+    return resume / LAST if resume.is_dir() else resume
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint with weights_only=True (no code in it can run)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / LAST
+    path = checkpoint_path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}; --resume takes a run folder holding {LAST}")
     try:
