@@ -50,15 +50,18 @@ def read_readable(paths: Sequence[str | os.PathLike], channels: int, skipped: li
     """(index, image) for each of `paths` that decodes, in order; the one-line reason of each
     that does not is appended to `skipped` (the caller reports them). If not one decodes, a
     UserError names `where` and the first reason: a batch of nothing would be a traceback."""
+    decoded, first_failure = 0, ""
     for index, path in enumerate(paths):
         try:
             image = read_image(path, channels)
         except ImageReadError as e:
             skipped.append(str(e))
+            first_failure = first_failure or str(e)
             continue
+        decoded += 1
         yield index, image
-    if paths and len(skipped) >= len(paths):
-        raise UserError(f"none of the {len(paths)} image(s) in {where} could be read; the first: {skipped[0]}")
+    if paths and not decoded:
+        raise UserError(f"none of the {len(paths)} image(s) in {where} could be read; the first: {first_failure}")
 
 
 def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
