@@ -160,3 +160,11 @@ def test_import_of_an_image_does_not_claim_pickled_objects(tmp_path, capsys):
     assert main(["import-torchvision", str(image), str(tmp_path / "out.safetensors")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not a file torch.save wrote" in err and "pickled" not in err, err
+
+
+def test_import_of_an_empty_file_says_it_is_empty(tmp_path, capsys):
+    empty = tmp_path / "googlenet.pth"
+    empty.write_bytes(b"")  # e.g. a download that failed before the first byte
+    assert main(["import-torchvision", str(empty), str(tmp_path / "out.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "the file is empty" in err, err

@@ -28,7 +28,7 @@ def test_an_image_is_not_a_checkpoint_and_holds_no_pickle(tmp_path):
 
 @pytest.mark.parametrize("content, says", [
     (b"hello, not a checkpoint\n", "not a file torch.save wrote"),
-    (b"", "not a file torch.save wrote"),
+    (b"", "the file is empty"),
     (b"\x80\x04\x95 a damaged protocol-4 pickle", "a pickle torch cannot read as plain data"),
 ])
 def test_other_files_torch_save_never_writes(tmp_path, content, says, recwarn):

@@ -217,6 +217,8 @@ def torch_load_weights_only(path: str | os.PathLike):
             head = f.read(len(_TORCH_SAVE_MAGIC[0]))
     except OSError:
         head = _TORCH_SAVE_MAGIC[0]  # let torch.load report the OSError
+    if not head:
+        raise TorchLoadError("the file is empty", written_by_torch_save=False)
     if not head.startswith(_TORCH_SAVE_MAGIC):
         raise not_torch_save
     try:

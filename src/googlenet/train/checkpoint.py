@@ -93,8 +93,7 @@ def finished_weights(run: str | Path) -> Path | None:
     """The run's model.safetensors when the run has finished (every planned epoch done, and the
     final weights and errors.png -- the last file a run writes -- written after its last
     checkpoint), else None: there is work to resume, if only the final test and plots."""
-    run = Path(run)
-    folder = run if run.is_dir() else run.parent
+    folder = checkpoint_path(run).parent
     last = folder / LAST
     weights = folder / RUN_WEIGHTS
     if not last.is_file():

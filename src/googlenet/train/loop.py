@@ -129,7 +129,7 @@ def train(config: TrainConfig, out: str | Path | None = None, resume: str | Path
         from .distributed import rescale_for_world_size
 
         config = rescale_for_world_size(config, int(payload.get("world_size", 1)), process.world_size)
-        run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent  # RUN or RUN/last.pt
+        run_dir = ckpt.checkpoint_path(resume).parent  # RUN or RUN/last.pt -> RUN
     else:
         run_dir = Path(out) if out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
         run_dir = Path(process.broadcast_object(str(run_dir)))  # one folder, named by rank 0
