@@ -260,6 +260,20 @@ def test_eval_picks_the_backend_by_suffix_and_an_ensemble_may_mix_them(weights_a
     assert "torch backend only" not in capsys.readouterr().out
 
 
+def test_eval_with_backend_ncnn_matches_torch_with_ten_crops(weights_and_data, capsys):
+    pytest.importorskip("ncnn")
+    pytest.importorskip("pnnx")
+    path, _, _ = weights_and_data
+    assert cli_main(["eval", str(path), "--backend", "ncnn", "--crops", "10", "--limit-test", "6", "--json"]) == 0
+    via_ncnn = json.loads(capsys.readouterr().out)
+    assert cli_main(["eval", str(path), "--crops", "10", "--limit-test", "6", "--json", "--device", "cpu"]) == 0
+    via_torch = json.loads(capsys.readouterr().out)
+    assert via_ncnn["confusion"] == via_torch["confusion"] and via_ncnn["top1"] == via_torch["top1"]
+    assert cli_main(["eval", str(path), "--backend", "ncnn", "--limit-test", "2", "--bf16"]) == 0
+    assert (f"note: {path} ran in ncnn on the CPU in fp32; --bf16 applies to the torch backend only"
+            in capsys.readouterr().out)
+
+
 def test_eval_cli_class_count_mismatch_and_bad_weights_are_one_line_errors(weights_and_data, tmp_path, capsys):
     path, _, _ = weights_and_data
     assert cli_main(["eval", str(path), "--dataset", "cifar100", "--limit-test", "2"]) == 2

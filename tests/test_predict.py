@@ -332,6 +332,36 @@ def test_onnxruntime_backend_matches_torch(tiny, tmp_path):
     assert load_classifier(path).meta["resize"] == RESIZE
 
 
+# ------------------------------------------------------------------ ncnn
+def test_ncnn_backend_matches_torch(tiny, tmp_path, capsys):
+    pytest.importorskip("ncnn")
+    pytest.importorskip("pnnx")
+    _, weights = tiny
+    images = write_modes(tmp_path)
+    paths = [images["rgb.png"], images["animated.gif"], images["gray16.png"]]
+    via_ncnn = predict(weights, paths, topk=3, backend="ncnn")
+    via_torch = predict(weights, paths, topk=3, device="cpu")
+    for a, b in zip(via_ncnn, via_torch):
+        assert a.ok and a.indices == b.indices and a.probabilities == pytest.approx(b.probabilities, abs=1e-5)
+    assert cli_main(["predict", str(weights), str(paths[0]), "--backend", "ncnn", "--json"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert [entry["label"] for entry in line["predictions"][:3]] == via_torch[0].labels
+
+
+def test_ncnn_backend_refuses_onnx_files_and_names_its_extra(tiny, tmp_path, capsys, monkeypatch):
+    image = write_modes(tmp_path)["rgb.png"]
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes(b"not read")
+    assert cli_main(["predict", str(onnx_file), str(image), "--backend", "ncnn"]) == 2
+    assert "is an ONNX model; --backend ncnn converts .safetensors weights itself" in capsys.readouterr().err
+    import googlenet.ncnn_backend
+
+    monkeypatch.setattr(googlenet.ncnn_backend, "ncnn_available", lambda: False)
+    assert cli_main(["predict", str(tiny[1]), str(image), "--backend", "ncnn"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "pip install 'googlenet[ncnn]'" in err, err
+
+
 def test_pick_backend_by_suffix():
     assert pick_backend("m.onnx") == "onnxruntime" and pick_backend("runs/x/M.ONNX") == "onnxruntime"
     assert pick_backend("m.safetensors") == "torch" and pick_backend("m.onnx", "torch") == "torch"

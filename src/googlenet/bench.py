@@ -281,6 +281,9 @@ def bench_inference(device: torch.device, batch: int, s: Settings, precision: st
         ort_fn = _onnxruntime_fn(ours_src, x)
         if ort_fn is not None:
             ours_paths["ONNX export in ONNX Runtime (BN folded)"] = ort_fn
+        ncnn_fn = _ncnn_fn(ours_src, x, notes)
+        if ncnn_fn is not None:
+            ours_paths["folded BN, merged 1x1, in ncnn (Winograd 3x3)"] = ncnn_fn
     contenders: dict[str, Callable[[], object]] = {
         **ours_paths,
         "eager NCHW": _infer_fn(tv, x, device, precision, channels_last=False),
@@ -340,6 +343,21 @@ def _onnxruntime_fn(model: nn.Module, x: Tensor) -> Callable[[], Tensor] | None:
     except ImportError:
         return None
     fast = optimize(model, "cpu", mode="inference", backend="onnxruntime", example_shape=tuple(x.shape))
+    return lambda: fast(x)
+
+
+def _ncnn_fn(model: nn.Module, x: Tensor, notes: list[str]) -> Callable[[], Tensor] | None:
+    """`model` through optimize(backend="ncnn"): folded, converted by pnnx, run by ncnn on the
+    CPU; None without the ncnn extra, or (with a note) if the conversion fails."""
+    from .ncnn_backend import ncnn_available
+
+    if not ncnn_available():
+        return None
+    try:
+        fast = optimize(model, "cpu", mode="inference", backend="ncnn", example_shape=tuple(x.shape))
+    except RuntimeError as e:  # pnnx or ncnn refused the model: the other paths still count
+        notes.append(f"ncnn failed ({first_line(e)}); not compared")
+        return None
     return lambda: fast(x)
 
 

@@ -335,14 +335,17 @@ def _image_folder_batches(root: str | os.PathLike, limit: int | None, skipped: l
 
 
 def _torch_only_flags_note(paths: Sequence[str], backend: str, device: str, bf16: bool) -> list[str]:
-    """--bf16 and --device steer the torch backend only: say so when an ONNX model ran without them."""
+    """--bf16 and --device steer the torch backend only: say so when a model ran without them
+    (in ONNX Runtime or ncnn, on the CPU in fp32)."""
     on_cpu_anyway = device.lower().partition(":")[0] in ("auto", "cpu")  # cpu:0 is the CPU too (device.py)
     ignored = (["--bf16"] if bf16 else []) + ([] if on_cpu_anyway else [f"--device {device}"])
-    onnx = [p for p in paths if pick_backend(p, backend) == "onnxruntime"]
-    if not (ignored and onnx):
+    runtimes = {"onnxruntime": "ONNX Runtime", "ncnn": "ncnn"}
+    outside = [(p, runtimes[pick_backend(p, backend)]) for p in paths if pick_backend(p, backend) in runtimes]
+    if not (ignored and outside):
         return []
     verb = "apply" if len(ignored) > 1 else "applies"
-    return [f"note: {', '.join(onnx)} ran in ONNX Runtime on the CPU in fp32; {' and '.join(ignored)} "
+    where = " and ".join(sorted({runtime for _, runtime in outside}))
+    return [f"note: {', '.join(p for p, _ in outside)} ran in {where} on the CPU in fp32; {' and '.join(ignored)} "
             f"{verb} to the torch backend only"]
 
 

@@ -22,7 +22,7 @@ from torchvision.transforms.v2 import functional as TF
 from .errors import UserError
 from .images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 
-BACKENDS = ("auto", "torch", "onnxruntime")  # auto: onnxruntime for .onnx files, else torch
+BACKENDS = ("auto", "torch", "onnxruntime", "ncnn")  # auto: onnxruntime for .onnx files, else torch
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # The paper's single-crop geometry: shorter side 256, centre 224.
@@ -155,6 +155,21 @@ class TorchClassifier:
         return logits.float().cpu()
 
 
+class NcnnClassifier(TorchClassifier):
+    """Weights run by ncnn on the CPU (converted once, at the input size predict feeds it):
+    the fastest exact way here to classify one image at a time (BENCHMARKS.md)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        from .ncnn_backend import NcnnEngine
+
+        super().__init__(model, "cpu")
+        size = int(self.meta["input_size"])
+        self.engine = NcnnEngine(model, input_shape=(1, model.in_chans, size, size))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.engine(x)
+
+
 def pick_backend(weights: str | os.PathLike, backend: str = "auto") -> str:
     """The backend for a file: "auto" runs .onnx files with onnxruntime and the rest with torch."""
     if backend == "auto":
@@ -167,7 +182,9 @@ def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: s
     """A classifier from a weights file (.safetensors for torch, .onnx for onnxruntime;
     backend "auto" picks by the file's suffix)."""
     backend = pick_backend(weights, backend)
-    if backend == "torch":
+    if backend == "ncnn":
+        _check_ncnn(weights)
+    if backend in ("torch", "ncnn"):
         from .device import resolve_device
         from .models.weights import WeightsError, load_weights
 
@@ -178,9 +195,10 @@ def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: s
                 # auto, not onnxruntime: with --ensemble the other files may be .safetensors
                 raise UserError(f"{weights} is an ONNX model; run it with --backend auto (or onnxruntime)") from None
             raise
-        on = resolve_device(device)
         try:
-            return TorchClassifier(model, on, bf16=bf16)
+            if backend == "ncnn":
+                return NcnnClassifier(model)
+            return TorchClassifier(model, resolve_device(device), bf16=bf16)
         except UserError as e:  # its metadata (mean/std, class names) does not fit: name the file
             raise UserError(f"{weights}: {e}") from None
     if backend == "onnxruntime":
@@ -206,6 +224,17 @@ def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: s
             raise UserError(f"{weights}: {e}") from None
         return classifier
     raise UserError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+
+
+def _check_ncnn(weights: str | os.PathLike) -> None:
+    """--backend ncnn converts our weights itself: it needs its packages and no ONNX file."""
+    from .ncnn_backend import INSTALL_HINT, ncnn_available
+
+    if str(weights).lower().endswith(".onnx"):
+        raise UserError(f"{weights} is an ONNX model; --backend ncnn converts .safetensors weights itself "
+                        "(run the ONNX file with --backend onnxruntime)")
+    if not ncnn_available():
+        raise UserError(f"--backend ncnn needs the ncnn and pnnx packages; install them with `{INSTALL_HINT}`")
 
 
 # ------------------------------------------------------------------ prediction

@@ -14,7 +14,9 @@ from .fused_inception import fuse_inception_modules
 
 MODES = ("inference", "train")
 PRECISIONS = ("fp32", "bf16")
-BACKENDS = ("auto", "mkldnn", "eager", "onnxruntime")
+BACKENDS = ("auto", "mkldnn", "eager", "onnxruntime", "ncnn")
+# Backends that run outside PyTorch, on the CPU in fp32, from an export of the source.
+EXTERNAL_BACKENDS = ("onnxruntime", "ncnn")
 
 
 class InferenceModel(nn.Module):
@@ -40,7 +42,7 @@ class InferenceModel(nn.Module):
         super().__init__()
         self.source = source.eval()
         self.precision = precision
-        self.channels_last = channels_last and backend != "onnxruntime"  # ORT takes NCHW
+        self.channels_last = channels_last and backend not in EXTERNAL_BACKENDS  # they take NCHW
         self.backend = backend
         self.compile = compile
         self.compile_mode = compile_mode
@@ -66,17 +68,17 @@ class InferenceModel(nn.Module):
         return torch.bfloat16 if self.precision == "bf16" else torch.float32
 
     def rebuild(self) -> None:
-        """(Re)fold the source's current weights into the engine (or, for ONNX Runtime,
-        re-export them: that backend runs the export, and no folded engine is built)."""
+        """(Re)fold the source's current weights into the engine (or, for ONNX Runtime and
+        ncnn, re-export them: those backends run the export, and no PyTorch engine is kept)."""
         device = self.device
         backend = self.backend
         if backend == "auto":  # oneDNN's fused conv+ReLU wins on x86 CPUs in fp32
             mkldnn_ok = device.type == "cpu" and self.dtype == torch.float32 and torch.backends.mkldnn.is_available()
             backend = "mkldnn" if mkldnn_ok and not self.compile else "eager"
         self.resolved_backend = backend
-        if backend == "onnxruntime":
+        if backend in EXTERNAL_BACKENDS:
             object.__setattr__(self, "engine", None)
-            object.__setattr__(self, "_run", self._onnxruntime_session(device))
+            object.__setattr__(self, "_run", self._external_runner(backend, device))
             return
         engine = FoldedGoogLeNet(self.source).to(device=device, dtype=self.dtype)
         if self.channels_last:
@@ -92,13 +94,19 @@ class InferenceModel(nn.Module):
         object.__setattr__(self, "engine", engine)
         object.__setattr__(self, "_run", fn)
 
-    def _onnxruntime_session(self, device: torch.device) -> Callable[[Tensor], Tensor]:
-        """The source exported as `googlenet export --format onnx` writes it (checked and
-        verified against PyTorch there), in ONNX Runtime sessions on this process's CPU
-        threads: the fastest exact CPU path measured here (BENCHMARKS.md)."""
+    def _external_runner(self, backend: str, device: torch.device) -> Callable[[Tensor], Tensor]:
+        """The source exported for ONNX Runtime (as `googlenet export --format onnx` writes
+        it) or converted to ncnn, run on this process's CPU threads: the fastest exact CPU
+        paths measured here (BENCHMARKS.md)."""
         if device.type != "cpu" or self.precision != "fp32" or self.compile or self.cuda_graphs:
-            raise ValueError("backend='onnxruntime' runs fp32 on the CPU (no compile, no CUDA graphs)")
+            raise ValueError(f"backend={backend!r} runs fp32 on the CPU (no compile, no CUDA graphs)")
         shape = self.example_shape or (1, self.source.in_chans, 224, 224)
+        if backend == "ncnn":
+            from ..ncnn_backend import INSTALL_HINT, NcnnEngine, ncnn_available
+
+            if not ncnn_available():
+                raise ImportError(f"backend='ncnn' needs the ncnn and pnnx packages: {INSTALL_HINT}")
+            return NcnnEngine(self.source, input_shape=tuple(shape))
         runner = _OnnxRuntimeRunner(self.source, input_size=shape[-1])
         runner.session_for(shape[0])  # export now, not on the first call
         return runner
@@ -188,8 +196,10 @@ def optimize(
       other shapes still work. `cuda_graphs` replays each input shape as one CUDA graph.
     backend (inference): "auto" (oneDNN on x86 CPUs in fp32, else eager), "mkldnn", "eager",
       or "onnxruntime": the model's ONNX export in an ONNX Runtime session (CPU, fp32, needs
-      the `onnx` extra; inputs of example_shape's height and width, any batch) -- the
-      fastest exact CPU path here, at the cost of an export (seconds) at every (re)build.
+      the `onnx` extra; inputs of example_shape's height and width, any batch), or "ncnn":
+      the folded network converted by pnnx and run by ncnn with Winograd 3x3 convolutions
+      (CPU, fp32, needs the `ncnn` extra; same input rule) -- the fastest exact CPU path at
+      batch 1 here. Both cost an export (seconds) at every (re)build.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
