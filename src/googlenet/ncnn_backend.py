@@ -92,22 +92,77 @@ def convert_to_ncnn(model: GoogLeNet, input_shape: tuple[int, int, int, int], fo
     return param, weights
 
 
+# ncnn's per-layer feature mask (param key 31): bit 6 turns Winograd off for that layer.
+FEATMASK_KEY, NO_WINOGRAD = "31", 1 << 6
+# At 7 x 7 and below, the F(4x4, 3x3) tiles cover the map 2 x 2 times over a padded 8 x 8: more
+# work than the direct convolution, and 4x the weights to stream. Direct convolution there made
+# googlenet_tv's batch-1 latency 0.45-0.7 ms (about 4%) lower on the 2-core CPU (BENCHMARKS.md).
+WINOGRAD_MIN_PIXELS = 8 * 8
+
+
+def _layer_fields(line: str) -> tuple[str, list[str], dict[str, str]] | None:
+    """(type, input blob names, params) of one layer line of an ncnn .param file."""
+    parts = line.split()
+    if len(parts) < 4:
+        return None
+    kind, inputs, outputs = parts[0], int(parts[2]), int(parts[3])
+    blobs = parts[4:4 + inputs]
+    params = dict(p.split("=", 1) for p in parts[4 + inputs + outputs:] if "=" in p)
+    return kind, blobs, params
+
+
+def _net(param: Path, weights: Path, threads: int):
+    import ncnn
+
+    net = ncnn.Net()
+    _options(net, threads)
+    if net.load_param(str(param)) != 0 or net.load_model(str(weights)) != 0:
+        raise RuntimeError(f"ncnn could not load the converted model ({param.name}, {weights.name})")
+    return net
+
+
+def direct_small_3x3_convs(param: Path, weights: Path, input_shape: tuple[int, ...], threads: int) -> int:
+    """Turn Winograd off (in `param`, in place) for the 3x3 stride-1 convolutions whose input
+    is smaller than WINOGRAD_MIN_PIXELS at `input_shape`; returns how many. The sizes are
+    read off ncnn itself, by running one example through the converted network."""
+    import ncnn
+
+    lines = param.read_text().split("\n")
+    net = _net(param, weights, threads)
+    example = np.ascontiguousarray((np.random.default_rng(0).random(input_shape[1:]) + 0.1).astype(np.float32))
+    changed = 0
+    for i, line in enumerate(lines):
+        fields = _layer_fields(line)
+        if fields is None or fields[0] != "Convolution":
+            continue
+        _, (blob,), params = fields
+        kernel, kernel_h = params.get("1"), params.get("11", params.get("1"))
+        if (kernel, kernel_h, params.get("3", "1"), params.get("13", params.get("3", "1"))) != ("3", "3", "1", "1"):
+            continue
+        extractor = net.create_extractor()
+        extractor.input(net.input_names()[0], ncnn.Mat(example))
+        _, mat = extractor.extract(blob)
+        if mat.w * mat.h < WINOGRAD_MIN_PIXELS:
+            mask = int(params.get(FEATMASK_KEY, "0")) | NO_WINOGRAD
+            kept = [p for p in line.split() if not p.startswith(f"{FEATMASK_KEY}=")]
+            lines[i] = " ".join(kept) + f" {FEATMASK_KEY}={mask}"
+            changed += 1
+    param.write_text("\n".join(lines))
+    return changed
+
+
 class NcnnEngine:
     """`model` converted to ncnn once, then called like the model in eval mode: a float
     N x C x H x W tensor in, N x num_classes fp32 logits out (ncnn runs one image at a time)."""
 
     def __init__(self, model: GoogLeNet, input_shape: tuple[int, int, int, int] | None = None,
                  threads: int | None = None) -> None:
-        import ncnn
-
         self.input_shape = tuple(input_shape or (1, model.in_chans, 224, 224))
         self.threads = threads or torch.get_num_threads()
-        self.net = ncnn.Net()
-        _options(self.net, self.threads)
         with tempfile.TemporaryDirectory() as folder:  # ncnn copies the weights into memory
             param, weights = convert_to_ncnn(model, self.input_shape, folder)
-            if self.net.load_param(str(param)) != 0 or self.net.load_model(str(weights)) != 0:
-                raise RuntimeError(f"ncnn could not load the converted model ({param.name}, {weights.name})")
+            self.direct_convs = direct_small_3x3_convs(param, weights, self.input_shape, self.threads)
+            self.net = _net(param, weights, self.threads)
         self._input, self._output = self.net.input_names()[0], self.net.output_names()[0]
 
     def __call__(self, x: Tensor) -> Tensor:
