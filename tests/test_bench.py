@@ -37,6 +37,9 @@ def test_bench_quick_json_report(capsys):
             assert row["unit"] == "img/s"
             ratio = row["ours"] / row["torchvision"]
         assert row["speedup"] == pytest.approx(ratio, rel=2e-3)
+        # Every contender's figure is kept; the row's two are the best of each side.
+        assert row["timings"][row["ours_path"]] == row["ours"]
+        assert row["timings"][row["torchvision_path"]] == row["torchvision"]
     latency, throughput, train = report["rows"]
     assert (latency["batch"], throughput["batch"], train["batch"]) == (1, 2, 4)
     # Inference rows are checked for exactness against torchvision on the same input.

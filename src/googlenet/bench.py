@@ -86,6 +86,8 @@ class Row:
     exact: bool | None = None
     counts: bool = True  # False: an extra row outside the targets (e.g. bf16 on CPU)
     notes: list[str] = field(default_factory=list)
+    # Every contender's figure in this row's unit, ours and torchvision's, fastest path or not.
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- timing
@@ -211,16 +213,19 @@ def _best(times: dict[str, float], names: list[str]) -> tuple[str, float]:
     return name, times[name]
 
 
+def _in_unit(seconds: float, unit: str, batch: int) -> float:
+    return round(seconds * 1e3 if unit == "ms" else batch / seconds, 3)  # else images per second
+
+
 def _row(case: str, device: torch.device, batch: int, precision: str, unit: str, ours: tuple[str, float],
-         ref: tuple[str, float], **extra) -> Row:
+         ref: tuple[str, float], times: dict[str, float] | None = None, **extra) -> Row:
+    """A result row from the fastest of ours and of torchvision's (seconds per call); `times`
+    (every contender's seconds) is kept in the row too, in its unit."""
     ours_name, ours_s = ours
     ref_name, ref_s = ref
-    if unit == "ms":
-        ours_v, ref_v = ours_s * 1e3, ref_s * 1e3
-    else:  # images per second
-        ours_v, ref_v = batch / ours_s, batch / ref_s
-    return Row(case, device.type, batch, precision, round(ours_v, 3), round(ref_v, 3), unit,
-               round(ref_s / ours_s, 3), ours_name, ref_name, **extra)
+    timings = {name: _in_unit(t, unit, batch) for name, t in (times or {}).items()}
+    return Row(case, device.type, batch, precision, _in_unit(ours_s, unit, batch), _in_unit(ref_s, unit, batch),
+               unit, round(ref_s / ours_s, 3), ours_name, ref_name, timings=timings, **extra)
 
 
 # bf16 rows cannot be exact; ours vs torchvision (both bf16) beyond this share of the largest
@@ -316,7 +321,7 @@ def bench_inference(device: torch.device, batch: int, s: Settings, precision: st
     unit = "ms" if batch == 1 else "img/s"
     name = case or (f"inference latency {s.input_size}px" if batch == 1 else f"inference {s.input_size}px")
     return _row(name, device, batch, ours_precision, unit, (path, ours_s),
-                _best(times, [n for n in contenders if n not in ours_paths]),
+                _best(times, [n for n in contenders if n not in ours_paths]), times,
                 max_abs_diff=diff, exact=exact if precision == "fp32" else None, counts=counts, notes=notes)
 
 
@@ -403,7 +408,7 @@ def bench_train_cifar_cpu(s: Settings) -> Row:
     ours = _best(times, list(ours_paths))
     reference = _best(times, ["plain eager NCHW", "plain eager channels_last"])
     return _row(f"train googlenet_cifar {s.train_input_size}px", device, s.train_batch, "fp32", "img/s",
-                ours, reference,
+                ours, reference, times,
                 reference="plain googlenet_cifar, eager, torch's default SGD (torchvision has no 28-px GoogLeNet)")
 
 
@@ -437,7 +442,8 @@ def bench_train_224(device: torch.device, s: Settings, precision: str = "bf16", 
             contenders["compiled channels_last"] = compiled_fn
     times = time_interleaved(contenders, device, s.warmup, s.batch_repeats)
     return _row(f"train {s.input_size}px", device, s.train_batch, precision, "img/s", (ours_path, times["ours"]),
-                _best(times, [n for n in contenders if n != "ours"]), notes=notes)
+                _best(times, [n for n in contenders if n != "ours"]), {ours_path if n == "ours" else n: t
+                                                                       for n, t in times.items()}, notes=notes)
 
 
 # ---------------------------------------------------------------- the run
