@@ -360,7 +360,7 @@ def _ncnn_fn(model: nn.Module, x: Tensor, notes: list[str]) -> Callable[[], Tens
         return None
     try:
         fast = optimize(model, "cpu", mode="inference", backend="ncnn", example_shape=tuple(x.shape))
-    except RuntimeError as e:  # pnnx or ncnn refused the model: the other paths still count
+    except Exception as e:  # noqa: BLE001 - pnnx or ncnn refused the model: the other paths still count
         notes.append(f"ncnn failed ({first_line(e)}); not compared")
         return None
     return lambda: fast(x)
@@ -430,7 +430,7 @@ def bench_train_224(device: torch.device, s: Settings, precision: str = "bf16", 
             ours_fn = _train_fn(optimize(ours_src, device, mode="train"), x, target, device, precision,
                                 channels_last=True, fused_sgd=True)
     contenders = {
-        "ours": ours_fn,
+        ours_path: ours_fn,
         "eager NCHW": _train_fn(copy.deepcopy(tv), x, target, device, precision, channels_last=False),
         "eager channels_last": _train_fn(_channels_last(tv), x, target, device, precision, channels_last=True),
     }
@@ -441,9 +441,8 @@ def bench_train_224(device: torch.device, s: Settings, precision: str = "bf16", 
         if _first_call_works(compiled_fn, "compiling torchvision", notes):
             contenders["compiled channels_last"] = compiled_fn
     times = time_interleaved(contenders, device, s.warmup, s.batch_repeats)
-    return _row(f"train {s.input_size}px", device, s.train_batch, precision, "img/s", (ours_path, times["ours"]),
-                _best(times, [n for n in contenders if n != "ours"]), {ours_path if n == "ours" else n: t
-                                                                       for n, t in times.items()}, notes=notes)
+    return _row(f"train {s.input_size}px", device, s.train_batch, precision, "img/s", (ours_path, times[ours_path]),
+                _best(times, [n for n in contenders if n != ours_path]), times, notes=notes)
 
 
 # ---------------------------------------------------------------- the run

@@ -1,15 +1,17 @@
-"""Run a GoogLeNet in ncnn on the CPU: the fastest exact batch-1 path measured on x86 here.
+"""Run a GoogLeNet in ncnn on the CPU: the lowest exact per-image latency measured on x86 here.
 
 Why ncnn: on this project's 2-core CPU the direct fp32 convolutions of oneDNN and ONNX
 Runtime already run at the cores' peak, so only fewer multiplies can go faster. ncnn
-computes the 3x3 convolutions (two thirds of GoogLeNet's arithmetic) with Winograd
-transforms, F(2x2, 3x3) and F(4x4, 3x3), in fp32: 2.25-4x fewer multiplies for the same
-result up to float rounding (BENCHMARKS.md has the figures and the measured error).
+computes 3x3 convolutions (two thirds of GoogLeNet's arithmetic) with the Winograd
+transform F(4x4, 3x3) in fp32: 4x fewer multiplies for the same result up to float
+rounding, which is about twice that of the plain fp32 model (BENCHMARKS.md has the
+latencies and the errors against float64).
 
 The network ncnn runs is `FoldedGoogLeNet` (batch norm folded, each Inception's three
 input 1x1 convs merged), traced to TorchScript and converted by pnnx, ncnn's own
 converter, with the weights kept in fp32 (pnnx's default would store fp16: not exact).
-Both come from PyPI (`pip install 'googlenet[ncnn]'`).
+Converting takes a few seconds, once per engine. Both packages come from PyPI
+(`pip install 'googlenet[ncnn]'`).
 
     >>> engine = NcnnEngine(model, input_shape=(1, 3, 224, 224))
     >>> logits = engine(batch)  # float N x C x H x W, already normalised
@@ -40,19 +42,29 @@ def ncnn_available() -> bool:
     return True
 
 
-def _options(net, threads: int) -> None:
-    """Exact fp32 arithmetic, Winograd for the 3x3 convolutions, no spinning between calls."""
+def require_ncnn() -> None:
+    """ImportError, naming the extra to install, unless ncnn and pnnx can be imported."""
+    if not ncnn_available():
+        raise ImportError(f"the ncnn backend needs the ncnn and pnnx packages: {INSTALL_HINT}")
+
+
+def example_image(input_shape: tuple[int, ...]) -> np.ndarray:
+    """A fixed C x H x W example (positive, like normalised pixels are mostly not zero), made
+    without touching torch's or numpy's global random state."""
+    rng = np.random.default_rng(0)
+    return np.ascontiguousarray(rng.random(input_shape[1:], dtype=np.float32) + 0.1)
+
+
+def _options(net, threads: int, keep_blobs: bool = False) -> None:
+    """Exact fp32 arithmetic with Winograd for 3x3 convolutions, on `threads` threads."""
     opt = net.opt
     opt.num_threads = threads
-    # Idle worker threads sleep as soon as a run returns, so the PyTorch code around each
-    # call (decoding, preprocessing, another model) gets the cores back at once.
-    opt.openmp_blocktime = 0
-    opt.lightmode = True  # free each intermediate blob once its consumers have run
+    opt.lightmode = not keep_blobs  # free each intermediate blob once its consumers have run
     opt.use_packing_layout = True
     opt.use_winograd_convolution = True
-    opt.use_winograd23_convolution = True
+    # Without shape hints in the .param file (pnnx writes none) ncnn prepares F(4x4, 3x3)
+    # kernels; F(6x6, 3x3) was no faster here and rounds the most.
     opt.use_winograd43_convolution = True
-    # F(6x6, 3x3) was no faster here and has the largest rounding error of the three.
     opt.use_winograd63_convolution = False
     # Reduced-precision storage and arithmetic would not be exact.
     for name in ("use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic",
@@ -70,7 +82,7 @@ def convert_to_ncnn(model: GoogLeNet, input_shape: tuple[int, int, int, int], fo
 
     folder = Path(folder)
     engine = FoldedGoogLeNet(model).eval()
-    example = torch.rand(1, *input_shape[1:]) + 0.1
+    example = torch.from_numpy(example_image(input_shape)).unsqueeze(0)
     traced_path = folder / "model.pt"
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", category=FutureWarning)  # torch.jit's deprecation notice
@@ -85,23 +97,32 @@ def convert_to_ncnn(model: GoogLeNet, input_shape: tuple[int, int, int, int], fo
                "ncnnpy": "model_ncnn.py"}
     command = [pnnx.EXEC_PATH, str(traced_path), f"inputshape=[{shape}]f32", "device=cpu", "fp16=0"]
     command += [f"{key}={folder / name}" for key, name in outputs.items()]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=folder)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, cwd=folder)
+    except OSError as e:  # the pnnx executable is missing or cannot run
+        raise RuntimeError(f"pnnx could not start ({e.strerror}: {pnnx.EXEC_PATH}); reinstall it: {INSTALL_HINT}") from None
     if done.returncode != 0 or not param.is_file() or not weights.is_file():
         tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
-        raise RuntimeError(f"pnnx could not convert the model to ncnn (exit code {done.returncode}): {tail}")
+        raise RuntimeError(f"pnnx could not convert the model to ncnn (exit code {done.returncode})"
+                           + (f": {tail}" if tail else ""))
     return param, weights
 
 
-# ncnn's per-layer feature mask (param key 31): bit 6 turns Winograd off for that layer.
-FEATMASK_KEY, NO_WINOGRAD = "31", 1 << 6
-# At 7 x 7 and below, the F(4x4, 3x3) tiles cover the map 2 x 2 times over a padded 8 x 8: more
-# work than the direct convolution, and 4x the weights to stream. Direct convolution there made
-# googlenet_tv's batch-1 latency 0.45-0.7 ms (about 4%) lower on the 2-core CPU (BENCHMARKS.md).
+# ncnn's .param format: a magic line, a count line, then one line per layer:
+#   type name n_inputs n_outputs input_blobs... output_blobs... key=value...
+# Convolution keys used here: 1 kernel width, 11 kernel height (default: the width),
+# 3 stride width, 13 stride height (default: the width); 31 the layer's feature mask, in
+# which bit 6 turns Winograd off for that layer alone. (Array values have negative keys.)
+KERNEL_W, KERNEL_H, STRIDE_W, STRIDE_H, FEATMASK = "1", "11", "3", "13", "31"
+NO_WINOGRAD = 1 << 6
+# At 7 x 7 and below, F(4x4, 3x3) tiles cover the map 2 x 2 times over a padded 8 x 8: more
+# work than im2col + GEMM, and 4x the weights to stream. Without Winograd there, googlenet_tv's
+# batch-1 latency was 0.45-0.7 ms (about 4%) lower on the 2-core CPU (BENCHMARKS.md).
 WINOGRAD_MIN_PIXELS = 8 * 8
 
 
 def _layer_fields(line: str) -> tuple[str, list[str], dict[str, str]] | None:
-    """(type, input blob names, params) of one layer line of an ncnn .param file."""
+    """(type, input blob names, params) of one layer line of an ncnn .param file, else None."""
     parts = line.split()
     if len(parts) < 4:
         return None
@@ -111,57 +132,64 @@ def _layer_fields(line: str) -> tuple[str, list[str], dict[str, str]] | None:
     return kind, blobs, params
 
 
-def _net(param: Path, weights: Path, threads: int):
+def _is_3x3_stride_1(params: dict[str, str]) -> bool:
+    kernel, stride = params.get(KERNEL_W, "0"), params.get(STRIDE_W, "1")
+    return (kernel, params.get(KERNEL_H, kernel), stride, params.get(STRIDE_H, stride)) == ("3", "3", "1", "1")
+
+
+def _net(param: Path, weights: Path, threads: int, keep_blobs: bool = False):
     import ncnn
 
     net = ncnn.Net()
-    _options(net, threads)
+    _options(net, threads, keep_blobs)
     if net.load_param(str(param)) != 0 or net.load_model(str(weights)) != 0:
         raise RuntimeError(f"ncnn could not load the converted model ({param.name}, {weights.name})")
     return net
 
 
-def direct_small_3x3_convs(param: Path, weights: Path, input_shape: tuple[int, ...], threads: int) -> int:
+def no_winograd_on_small_maps(param: Path, weights: Path, input_shape: tuple[int, ...], threads: int) -> int:
     """Turn Winograd off (in `param`, in place) for the 3x3 stride-1 convolutions whose input
     is smaller than WINOGRAD_MIN_PIXELS at `input_shape`; returns how many. The sizes are
-    read off ncnn itself, by running one example through the converted network."""
+    read off ncnn itself, from one run of an example through the converted network."""
     import ncnn
 
     lines = param.read_text().split("\n")
-    net = _net(param, weights, threads)
-    example = np.ascontiguousarray((np.random.default_rng(0).random(input_shape[1:]) + 0.1).astype(np.float32))
+    net = _net(param, weights, threads, keep_blobs=True)  # one forward; every blob stays readable
+    example = example_image(input_shape)
+    extractor = net.create_extractor()
+    extractor.input(net.input_names()[0], ncnn.Mat(example))
     changed = 0
     for i, line in enumerate(lines):
         fields = _layer_fields(line)
-        if fields is None or fields[0] != "Convolution":
+        if fields is None or fields[0] != "Convolution" or not _is_3x3_stride_1(fields[2]) or len(fields[1]) != 1:
             continue
-        _, (blob,), params = fields
-        kernel, kernel_h = params.get("1"), params.get("11", params.get("1"))
-        if (kernel, kernel_h, params.get("3", "1"), params.get("13", params.get("3", "1"))) != ("3", "3", "1", "1"):
-            continue
-        extractor = net.create_extractor()
-        extractor.input(net.input_names()[0], ncnn.Mat(example))
-        _, mat = extractor.extract(blob)
+        (blob,), params = fields[1], fields[2]
+        code, mat = extractor.extract(blob)
+        if code != 0 or mat.dims != 3:
+            raise RuntimeError(f"ncnn could not compute blob {blob} of the converted model (code {code})")
         if mat.w * mat.h < WINOGRAD_MIN_PIXELS:
-            mask = int(params.get(FEATMASK_KEY, "0")) | NO_WINOGRAD
-            kept = [p for p in line.split() if not p.startswith(f"{FEATMASK_KEY}=")]
-            lines[i] = " ".join(kept) + f" {FEATMASK_KEY}={mask}"
+            mask = int(params.get(FEATMASK, "0")) | NO_WINOGRAD
+            kept = [p for p in line.split() if not p.startswith(f"{FEATMASK}=")]
+            lines[i] = " ".join(kept) + f" {FEATMASK}={mask}"
             changed += 1
     param.write_text("\n".join(lines))
     return changed
 
 
 class NcnnEngine:
-    """`model` converted to ncnn once, then called like the model in eval mode: a float
-    N x C x H x W tensor in, N x num_classes fp32 logits out (ncnn runs one image at a time)."""
+    """`model` converted to ncnn once (a few seconds), then called like the model in eval mode:
+    a float N x C x H x W tensor of `input_shape`'s C, H, W in, N x num_classes fp32 logits out.
+    ncnn runs one image at a time, on `threads` threads (default: torch.get_num_threads())."""
 
     def __init__(self, model: GoogLeNet, input_shape: tuple[int, int, int, int] | None = None,
                  threads: int | None = None) -> None:
+        require_ncnn()
         self.input_shape = tuple(input_shape or (1, model.in_chans, 224, 224))
+        self.num_classes = model.num_classes
         self.threads = threads or torch.get_num_threads()
         with tempfile.TemporaryDirectory() as folder:  # ncnn copies the weights into memory
             param, weights = convert_to_ncnn(model, self.input_shape, folder)
-            self.direct_convs = direct_small_3x3_convs(param, weights, self.input_shape, self.threads)
+            self.without_winograd = no_winograd_on_small_maps(param, weights, self.input_shape, self.threads)
             self.net = _net(param, weights, self.threads)
         self._input, self._output = self.net.input_names()[0], self.net.output_names()[0]
 
@@ -172,12 +200,12 @@ class NcnnEngine:
             raise ValueError(f"the ncnn engine takes N x {' x '.join(map(str, self.input_shape[1:]))} "
                              f"inputs, got {tuple(x.shape)}")
         images = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        logits = []
-        for image in images:
+        logits = np.empty((len(images), self.num_classes), dtype=np.float32)
+        for i, image in enumerate(images):
             extractor = self.net.create_extractor()
             extractor.input(self._input, ncnn.Mat(image))  # wraps `image`, which outlives the run
             code, out = extractor.extract(self._output)
             if code != 0:
                 raise RuntimeError(f"ncnn failed to run the model (code {code})")
-            logits.append(np.array(out, dtype=np.float32).reshape(-1))
-        return torch.from_numpy(np.stack(logits))
+            logits[i] = np.asarray(out, dtype=np.float32).reshape(-1)
+        return torch.from_numpy(logits)

@@ -4,7 +4,8 @@ metadata, report the top-k labels with probabilities.
 The unit everything here works with is a *classifier*: a callable that maps a normalised
 float batch N x C x H x W to logits, with a `.meta` dict saying how to preprocess
 (class_names, input_size, resize, mean, std, in_chans). `TorchClassifier` wraps a model
-loaded from a weights file; `googlenet.onnx_backend.OnnxClassifier` wraps an ONNX export.
+loaded from a weights file, `NcnnClassifier` the same model converted for ncnn, and
+`googlenet.onnx_backend.OnnxClassifier` an ONNX export.
 `googlenet eval` uses the same classifiers.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
-from .errors import UserError
+from .errors import RunError, UserError, first_line
 from .images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 
 BACKENDS = ("auto", "torch", "onnxruntime", "ncnn")  # auto: onnxruntime for .onnx files, else torch
@@ -133,6 +134,12 @@ def preprocess(images: Tensor, meta: dict) -> Tensor:
 
 
 # ------------------------------------------------------------------ classifiers
+def model_meta(model: nn.Module, fallback_meta: dict | None = None) -> dict:
+    """The preprocessing and class names a classifier of `model` feeds and reports."""
+    native = getattr(getattr(model, "variant", None), "input_size", PAPER_INPUT)
+    return complete_meta(getattr(model, "meta", {}) or {}, model.num_classes, model.in_chans, native, fallback_meta)
+
+
 class TorchClassifier:
     """A GoogLeNet in eval mode on a device: normalised float batch -> float32 logits on CPU."""
 
@@ -141,9 +148,7 @@ class TorchClassifier:
         self.device = torch.device(device)
         self.model = model.eval().to(self.device, memory_format=torch.channels_last)
         self.bf16 = bf16
-        native = getattr(getattr(model, "variant", None), "input_size", PAPER_INPUT)
-        self.meta = complete_meta(getattr(model, "meta", {}) or {}, model.num_classes, model.in_chans,
-                                  native, fallback_meta)
+        self.meta = model_meta(model, fallback_meta)
 
     @torch.inference_mode()
     def __call__(self, x: Tensor) -> Tensor:
@@ -155,16 +160,19 @@ class TorchClassifier:
         return logits.float().cpu()
 
 
-class NcnnClassifier(TorchClassifier):
-    """Weights run by ncnn on the CPU (converted once, at the input size predict feeds it):
-    the fastest exact way here to classify one image at a time (BENCHMARKS.md)."""
+class NcnnClassifier:
+    """Weights converted for ncnn at the input size predict feeds it (a few seconds, at load)
+    and run on the CPU: the lowest exact per-image latency measured on x86 here (BENCHMARKS.md),
+    so worth its start-up for many images."""
+
+    device = torch.device("cpu")
 
     def __init__(self, model: nn.Module) -> None:
         from .ncnn_backend import NcnnEngine
 
-        super().__init__(model, "cpu")
+        self.meta = model_meta(model)
         size = int(self.meta["input_size"])
-        self.engine = NcnnEngine(model, input_shape=(1, model.in_chans, size, size))
+        self.engine = NcnnEngine(model.eval(), input_shape=(1, model.in_chans, size, size))
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.engine(x)
@@ -180,7 +188,7 @@ def pick_backend(weights: str | os.PathLike, backend: str = "auto") -> str:
 def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: str = "auto",
                     bf16: bool = False) -> Classifier:
     """A classifier from a weights file (.safetensors for torch, .onnx for onnxruntime;
-    backend "auto" picks by the file's suffix)."""
+    backend "auto" picks by the file's suffix; "ncnn" converts .safetensors weights for ncnn)."""
     backend = pick_backend(weights, backend)
     if backend == "ncnn":
         _check_ncnn(weights)
@@ -201,6 +209,10 @@ def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: s
             return TorchClassifier(model, resolve_device(device), bf16=bf16)
         except UserError as e:  # its metadata (mean/std, class names) does not fit: name the file
             raise UserError(f"{weights}: {e}") from None
+        except (RuntimeError, OSError) as e:  # pnnx or ncnn could not take this model
+            if backend != "ncnn":
+                raise
+            raise RunError(f"{weights}: {first_line(e)}; run it with --backend torch instead") from None
     if backend == "onnxruntime":
         if Path(weights).is_dir() or str(weights).lower().endswith(".safetensors"):
             # onnxruntime would only say "Protobuf parsing failed" about our own weights file.
@@ -228,13 +240,15 @@ def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: s
 
 def _check_ncnn(weights: str | os.PathLike) -> None:
     """--backend ncnn converts our weights itself: it needs its packages and no ONNX file."""
-    from .ncnn_backend import INSTALL_HINT, ncnn_available
+    from .ncnn_backend import require_ncnn
 
     if str(weights).lower().endswith(".onnx"):
         raise UserError(f"{weights} is an ONNX model; --backend ncnn converts .safetensors weights itself "
                         "(run the ONNX file with --backend onnxruntime)")
-    if not ncnn_available():
-        raise UserError(f"--backend ncnn needs the ncnn and pnnx packages; install them with `{INSTALL_HINT}`")
+    try:
+        require_ncnn()
+    except ImportError as e:
+        raise UserError(f"--backend ncnn: {e}") from None
 
 
 # ------------------------------------------------------------------ prediction

@@ -30,12 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ensemble", nargs="+", default=[], metavar="WEIGHTS",
                    help="more weights files; the softmax is averaged over all models")
     p.add_argument("--batch-size", type=int, default=256, metavar="N", help="images (views) per forward pass")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (torch backend; ONNX runs on the CPU; default auto)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (torch backend; ONNX Runtime and ncnn run on the CPU; default auto)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (torch backend; faster on GPU; fp32 by default)")
     p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "ncnn"), default="auto",
                    help="torch runs .safetensors weights, onnxruntime .onnx exports (default auto: by each "
                    "file's suffix, so an ensemble may mix them); ncnn converts .safetensors weights for "
-                   "ncnn on the CPU (needs `pip install 'googlenet[ncnn]'`)")
+                   "ncnn on the CPU, a few seconds per model at start-up (needs `pip install 'googlenet[ncnn]'`)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     p.set_defaults(func=eval_cmd)
 

@@ -102,10 +102,8 @@ class InferenceModel(nn.Module):
             raise ValueError(f"backend={backend!r} runs fp32 on the CPU (no compile, no CUDA graphs)")
         shape = self.example_shape or (1, self.source.in_chans, 224, 224)
         if backend == "ncnn":
-            from ..ncnn_backend import INSTALL_HINT, NcnnEngine, ncnn_available
+            from ..ncnn_backend import NcnnEngine
 
-            if not ncnn_available():
-                raise ImportError(f"backend='ncnn' needs the ncnn and pnnx packages: {INSTALL_HINT}")
             return NcnnEngine(self.source, input_shape=tuple(shape))
         runner = _OnnxRuntimeRunner(self.source, input_size=shape[-1])
         runner.session_for(shape[0])  # export now, not on the first call
