@@ -159,3 +159,14 @@ def test_epochs_with_a_budget_from_a_config_file_says_how_to_drop_it(tmp_path, c
         AssertionError(f"trains {config.epochs} epochs, budget {config.budget}")))
     with pytest.raises(AssertionError, match="trains 2 epochs, budget None"):
         main(["train", "--config", str(tmp_path / "config.yaml"), "--epochs", "2", "--set", "budget="])
+
+
+def test_ctrl_c_says_interrupted_with_exit_code_130(capsys, monkeypatch):
+    import googlenet.predict
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # what Ctrl-C raises: no message of its own
+
+    monkeypatch.setattr(googlenet.predict, "load_classifier", interrupted)
+    assert main(["predict", "model.safetensors", "a.png"]) == 130
+    assert capsys.readouterr().err.strip() == "googlenet predict: interrupted"

@@ -269,9 +269,11 @@ def test_eval_with_backend_ncnn_matches_torch_with_ten_crops(weights_and_data, c
     assert cli_main(["eval", str(path), "--crops", "10", "--limit-test", "6", "--json", "--device", "cpu"]) == 0
     via_torch = json.loads(capsys.readouterr().out)
     assert via_ncnn["confusion"] == via_torch["confusion"] and via_ncnn["top1"] == via_torch["top1"]
+    assert (via_ncnn["backends"], via_torch["backends"]) == (["ncnn on the CPU"], ["torch on cpu"])
     assert cli_main(["eval", str(path), "--backend", "ncnn", "--limit-test", "2", "--bf16"]) == 0
-    assert (f"note: {path} ran in ncnn on the CPU in fp32; --bf16 applies to the torch backend only"
-            in capsys.readouterr().out)
+    out = capsys.readouterr().out
+    assert f"note: {path} ran in ncnn on the CPU in fp32; --bf16 applies to the torch backend only" in out
+    assert "views/s; ncnn on the CPU)" in out  # the report says what ran
 
 
 def test_eval_cli_class_count_mismatch_and_bad_weights_are_one_line_errors(weights_and_data, tmp_path, capsys):

@@ -348,12 +348,9 @@ def test_ncnn_backend_matches_torch(tiny, tmp_path, capsys):
     assert [entry["label"] for entry in line["predictions"][:3]] == via_torch[0].labels
 
 
-def test_ncnn_backend_refuses_onnx_files_and_names_its_extra(tiny, tmp_path, capsys, monkeypatch):
+def test_ncnn_backend_leaves_onnx_files_to_onnxruntime_and_names_its_extra(tiny, tmp_path, capsys, monkeypatch):
+    assert pick_backend("m.onnx", "ncnn") == "onnxruntime" and pick_backend("m.safetensors", "ncnn") == "ncnn"
     image = write_modes(tmp_path)["rgb.png"]
-    onnx_file = tmp_path / "model.onnx"
-    onnx_file.write_bytes(b"not read")
-    assert cli_main(["predict", str(onnx_file), str(image), "--backend", "ncnn"]) == 2
-    assert "is an ONNX model; --backend ncnn converts .safetensors weights itself" in capsys.readouterr().err
     import googlenet.ncnn_backend
 
     monkeypatch.setattr(googlenet.ncnn_backend, "ncnn_available", lambda: False)

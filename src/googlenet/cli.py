@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
         return e.exit_code
     except KeyboardInterrupt as e:  # a training run's second Ctrl-C says what it cost (guard.StoppedAtOnce)
-        print(f"googlenet {args.command}: {e or 'interrupted'}", file=sys.stderr)
+        print(f"googlenet {args.command}: {str(e) or 'interrupted'}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `googlenet ... | head`
         return 0

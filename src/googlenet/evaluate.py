@@ -194,6 +194,7 @@ class EvalResult:
     crops: int = 1
     crop_description: str = ""
     models: list[str] = field(default_factory=list)
+    backends: list[str] = field(default_factory=list)  # what ran each model, e.g. "ncnn on the CPU"
     dataset: str = ""
     notes: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # one-line reasons for unreadable test images
@@ -401,6 +402,7 @@ def evaluate(weights: str | os.PathLike, dataset: str | None = None, data_dir: s
     plan = CropPlan.for_meta(classifiers[0].meta, crops)
     result.crop_description = plan.describe()
     result.models = paths
+    result.backends = [getattr(c, "backend", type(c).__name__) for c in classifiers]
     result.dataset = dataset
     if skipped:
         notes.append(f"warning: skipped {len(skipped)} unreadable image(s) of {count}; accuracy is over the rest")
@@ -420,7 +422,9 @@ def format_result(result: EvalResult, max_confusion_classes: int = 20, max_table
         f"top-{result.topk} accuracy {result.top5:7.2%}   error {result.top5_error:7.2%}",
     ]
     if result.seconds:
-        lines.append(f"time {result.seconds:.1f} s ({result.images_per_second:,.0f} views/s)")
+        ran = "; ".join(dict.fromkeys(result.backends))  # each backend once, in order
+        lines.append(f"time {result.seconds:.1f} s ({result.images_per_second:,.0f} views/s"
+                     + (f"; {ran})" if ran else ")"))
     width = max([len(n) for n in result.class_names] + [5])
     rows = list(zip(result.class_names, result.per_class_accuracy, result.per_class_correct,
                     result.per_class_total))

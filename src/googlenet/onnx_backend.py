@@ -47,6 +47,8 @@ class OnnxClassifier:
     normalised returns the logits as a float tensor N x num_classes.
     """
 
+    backend = "ONNX Runtime on the CPU"
+
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
         import onnxruntime as ort
 

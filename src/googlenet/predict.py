@@ -149,6 +149,7 @@ class TorchClassifier:
         self.model = model.eval().to(self.device, memory_format=torch.channels_last)
         self.bf16 = bf16
         self.meta = model_meta(model, fallback_meta)
+        self.backend = f"torch on {self.device}" + (" in bf16" if bf16 else "")
 
     @torch.inference_mode()
     def __call__(self, x: Tensor) -> Tensor:
@@ -166,6 +167,7 @@ class NcnnClassifier:
     so worth its start-up for many images."""
 
     device = torch.device("cpu")
+    backend = "ncnn on the CPU"
 
     def __init__(self, model: nn.Module) -> None:
         from .ncnn_backend import NcnnEngine
@@ -179,9 +181,14 @@ class NcnnClassifier:
 
 
 def pick_backend(weights: str | os.PathLike, backend: str = "auto") -> str:
-    """The backend for a file: "auto" runs .onnx files with onnxruntime and the rest with torch."""
+    """The backend for a file: "auto" runs .onnx files with onnxruntime and the rest with torch;
+    "ncnn" converts .safetensors weights for ncnn and leaves .onnx files to onnxruntime (so an
+    ensemble may mix them)."""
+    onnx = str(weights).lower().endswith(".onnx")
     if backend == "auto":
-        return "onnxruntime" if str(weights).lower().endswith(".onnx") else "torch"
+        return "onnxruntime" if onnx else "torch"
+    if backend == "ncnn" and onnx:
+        return "onnxruntime"
     return backend
 
 
@@ -191,7 +198,7 @@ def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: s
     backend "auto" picks by the file's suffix; "ncnn" converts .safetensors weights for ncnn)."""
     backend = pick_backend(weights, backend)
     if backend == "ncnn":
-        _check_ncnn(weights)
+        _check_ncnn()
     if backend in ("torch", "ncnn"):
         from .device import resolve_device
         from .models.weights import WeightsError, load_weights
@@ -238,13 +245,10 @@ def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: s
     raise UserError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
-def _check_ncnn(weights: str | os.PathLike) -> None:
-    """--backend ncnn converts our weights itself: it needs its packages and no ONNX file."""
+def _check_ncnn() -> None:
+    """--backend ncnn converts our weights itself, with ncnn's and pnnx's packages."""
     from .ncnn_backend import require_ncnn
 
-    if str(weights).lower().endswith(".onnx"):
-        raise UserError(f"{weights} is an ONNX model; --backend ncnn converts .safetensors weights itself "
-                        "(run the ONNX file with --backend onnxruntime)")
     try:
         require_ncnn()
     except ImportError as e:

@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "at start-up, then the lowest exact per-image latency here, so worth it for many images "
                    "(needs `pip install 'googlenet[ncnn]'`)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (torch backend; ONNX Runtime and ncnn run on the CPU; default auto)")
-    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N",
+                   help="images per forward pass (ncnn runs them one at a time)")
     p.set_defaults(func=predict_cmd)
 
 
