@@ -452,3 +452,14 @@ def test_metadata_that_does_not_fit_the_model_names_the_file(tmp_path, capsys):
     assert cli_main(["predict", str(path), str(image), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"googlenet predict: error: {path}: the weights' metadata has mean/std for 2 channel(s)")
+
+
+def test_predict_notes_a_device_the_onnx_or_ncnn_backend_does_not_use(tiny, tmp_path, capsys):
+    pytest.importorskip("ncnn")
+    pytest.importorskip("pnnx")
+    image = write_modes(tmp_path)["rgb.png"]
+    assert cli_main(["predict", str(tiny[1]), str(image), "--backend", "ncnn", "--device", "cuda", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["path"] == str(image)  # stdout: the prediction alone
+    assert captured.err.strip() == (f"googlenet predict: note: {tiny[1]} ran in ncnn on the CPU in fp32; "
+                                    "--device cuda applies to the torch backend only")

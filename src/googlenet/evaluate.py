@@ -335,7 +335,7 @@ def _image_folder_batches(root: str | os.PathLike, limit: int | None, skipped: l
     return class_names, len(samples), batches
 
 
-def _torch_only_flags_note(paths: Sequence[str], backend: str, device: str, bf16: bool) -> list[str]:
+def torch_only_flags_note(paths: Sequence[str], backend: str, device: str, bf16: bool) -> list[str]:
     """--bf16 and --device steer the torch backend only: say so when a model ran without them
     (in ONNX Runtime or ncnn, on the CPU in fp32)."""
     on_cpu_anyway = device.lower().partition(":")[0] in ("auto", "cpu")  # cpu:0 is the CPU too (device.py)
@@ -370,7 +370,7 @@ def evaluate(weights: str | os.PathLike, dataset: str | None = None, data_dir: s
     dataset = dataset or classifiers[0].meta.get("dataset")
     if not dataset:
         raise UserError(f"{paths[0]} does not record its dataset; pass --dataset NAME (and --data DIR)")
-    notes: list[str] = _torch_only_flags_note(paths, backend, device, bf16)
+    notes: list[str] = torch_only_flags_note(paths, backend, device, bf16)
     skipped: list[str] = []
     if dataset == "imagefolder":
         if data_dir is None:

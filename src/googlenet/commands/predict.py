@@ -37,6 +37,7 @@ def predict_cmd(args: argparse.Namespace) -> int:
     import sys
 
     from ..errors import UserError
+    from ..evaluate import torch_only_flags_note
     from ..images import FOLDER_IMAGE_SUFFIXES, expand_folders
     from ..predict import format_prediction, load_classifier, predict_files
 
@@ -48,6 +49,8 @@ def predict_cmd(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be positive, not {args.batch_size}")
     classifier = load_classifier(args.weights, backend=args.backend, device=args.device)
+    for note in torch_only_flags_note([args.weights], args.backend, args.device, bf16=False):
+        print(f"googlenet predict: {note}", file=sys.stderr)  # stderr: --json output stays one object a line
     failed = 0
     images = expand_folders(args.images)
     for prediction in predict_files(classifier, images, topk=args.topk, batch_size=args.batch_size):
