@@ -406,3 +406,53 @@ def test_a_format_that_contradicts_the_out_suffix_is_refused(tmp_path, weights_f
     assert not (tmp_path / name).exists()
     code, _, err = run_cli(capsys, "export", str(weights_file), "--format", fmt, "--out", str(tmp_path / "model.bin"))
     assert code == 0, err  # a suffix that names no format stays the user's choice
+
+
+# ------------------------------------------------------------------ ncnn
+def test_ncnn_export_writes_three_files_that_predict_and_eval_run(tmp_path, weights_file, capsys):
+    pytest.importorskip("ncnn")
+    pytest.importorskip("pnnx")
+    from PIL import Image
+
+    from googlenet.export import load_ncnn_export
+    from googlenet.predict import load_classifier, predict
+
+    out = tmp_path / "deploy" / "cifar.param"  # the format from the suffix
+    code, stdout, err = run_cli(capsys, "export", str(weights_file), "--out", str(out))
+    assert code == 0, err
+    assert stdout.startswith(f"wrote ncnn {out} (+ .bin, .json)")
+    param, weights, meta = load_ncnn_export(out)
+    assert weights == out.with_suffix(".bin") and weights.stat().st_size > 1e6
+    assert meta["input_size"] == SIZE and meta["in_chans"] == 1 and meta["class_names"][0] == "c0"
+    # The export runs like the weights it came from: same logits (to Winograd rounding), same top-k.
+    model = googlenet.load_weights(weights_file).eval()
+    x = rand_input(model, 3)
+    with torch.no_grad():
+        ref = model(x)
+    got = load_classifier(out)(x)  # auto: .param -> ncnn
+    assert (got - ref).abs().max().item() <= 5e-5 * ref.abs().max().item()
+    image = tmp_path / "a.png"
+    Image.new("L", (40, 30), 90).save(image)
+    (via_ncnn,), (via_torch,) = predict(out, [image], topk=3), predict(weights_file, [image], topk=3, device="cpu")
+    assert via_ncnn.indices == via_torch.indices
+    assert main(["eval", str(out), "--limit-test", "4", "--json"]) == 0
+    assert '"backends": ["ncnn on the CPU"]' in capsys.readouterr().out
+
+
+def test_a_default_ncnn_export_sits_next_to_the_weights_and_a_broken_one_is_one_line(tmp_path, weights_file,
+                                                                                         capsys):
+    pytest.importorskip("ncnn")
+    pytest.importorskip("pnnx")
+    import shutil
+
+    weights = tmp_path / "model.safetensors"
+    shutil.copyfile(weights_file, weights)
+    code, _, err = run_cli(capsys, "export", str(weights), "--format", "ncnn")
+    assert code == 0, err
+    param = tmp_path / "model.ncnn.param"
+    assert param.is_file() and (tmp_path / "model.ncnn.bin").is_file() and (tmp_path / "model.ncnn.json").is_file()
+    code, _, err = run_cli(capsys, "predict", str(param), str(param), "--backend", "torch")
+    assert_one_line_error(code, err, "is an ncnn export; run it with --backend auto (or ncnn)")
+    (tmp_path / "model.ncnn.json").unlink()
+    code, _, err = run_cli(capsys, "predict", str(param), str(param))
+    assert_one_line_error(code, err, "ncnn export incomplete", "model.ncnn.json not found")

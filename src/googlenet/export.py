@@ -1,8 +1,9 @@
-"""Export the inference network (aux heads dropped, eval mode) to ONNX or TorchScript.
+"""Export the inference network (aux heads dropped, eval mode) to ONNX, TorchScript or ncnn.
 
 The preprocessing a deployment needs (input size, resize, mean, std, class names) travels
 inside the file: ONNX metadata_props (read back by `googlenet.onnx_backend.OnnxClassifier`)
-or a TorchScript extra file (read back by `load_torchscript`). Every ONNX export is checked
+or a TorchScript extra file (read back by `load_torchscript`); an ncnn export is three files,
+NAME.param, NAME.bin and NAME.json with the metadata (read back by `load_ncnn_export`). Every ONNX export is checked
 with onnx.checker and run once with onnxruntime against PyTorch before it is kept.
 
 ONNX goes through torch's TorchScript-based exporter (`dynamo=False`): offline it honours
@@ -25,7 +26,7 @@ from .errors import RunError, UserError, first_line, output_errors
 from .fileio import atomic_write
 from .onnx_backend import ONNX_META_FORMAT, encode_metadata
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "ncnn")
 DEFAULT_OPSET = 17
 # Per-channel int8 (QDQ with an axis) needs opset 13; so do the ops we use in their modern form.
 MIN_OPSET = 13
@@ -33,6 +34,7 @@ MAX_OPSET_TORCHSCRIPT_EXPORTER = 20
 MIN_OPSET_DYNAMO_EXPORTER = 18
 TORCHSCRIPT_META_FORMAT = "googlenet-torchscript/1"
 TORCHSCRIPT_META_FILE = "googlenet_meta.json"
+NCNN_META_FORMAT = "googlenet-ncnn/1"
 # onnxruntime vs PyTorch on the same fp32 input, relative to the logits' scale.
 ONNX_TOLERANCE = 1e-4
 
@@ -206,10 +208,66 @@ def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, d
     return module.eval(), meta
 
 
+def ncnn_files(param: str | os.PathLike) -> tuple[Path, Path, Path]:
+    """The three files of an ncnn export: NAME.param, NAME.bin (weights), NAME.json (metadata)."""
+    param = Path(param)
+    return param, param.with_suffix(".bin"), param.with_suffix(".json")
+
+
+def export_ncnn(model: nn.Module, out: str | os.PathLike, meta: dict | None = None) -> Path:
+    """Write the inference network for ncnn (`out` is the .param file; its .bin and .json are
+    written beside it), converted as `optimize(backend="ncnn")` converts it, and check the
+    written files against PyTorch (within ONNX_TOLERANCE of the logits' scale) before keeping them."""
+    import shutil
+
+    from .ncnn_backend import NcnnEngine, convert_for_ncnn, require_ncnn
+
+    try:
+        require_ncnn()
+    except ImportError as e:
+        raise UserError(f"--format ncnn: {e}") from None
+    net = inference_network(model)
+    meta = {**(meta if meta is not None else export_metadata(net)), "format": NCNN_META_FORMAT}
+    x = example_input(meta)
+    param_out, weights_out, meta_out = ncnn_files(out)
+    with tempfile.TemporaryDirectory(prefix="googlenet-export-") as tmp:
+        try:
+            param, weights, _ = convert_for_ncnn(net, tuple(x.shape), tmp)
+            engine = NcnnEngine.load(param, weights, tuple(x.shape), int(meta["num_classes"]))
+        except (RuntimeError, OSError) as e:
+            raise RunError(f"could not convert the model for ncnn: {first_line(e)}") from None
+        with torch.no_grad():
+            ref = net(x)
+        diff = (engine(x) - ref).abs().max().item()
+        if diff > ONNX_TOLERANCE * max(1.0, ref.abs().max().item()):
+            raise RunError(f"the ncnn conversion differs from PyTorch by {diff:.3g}; not written")
+        atomic_write(weights_out, lambda tmp_path: shutil.copyfile(weights, tmp_path))
+        atomic_write(meta_out, lambda tmp_path: Path(tmp_path).write_text(json.dumps(meta, indent=1)))
+        return atomic_write(param_out, lambda tmp_path: shutil.copyfile(param, tmp_path))  # last: complete
+
+
+def load_ncnn_export(param: str | os.PathLike) -> tuple[Path, Path, dict]:
+    """(param, weights, metadata) of an ncnn export, or a one-line UserError naming what is wrong."""
+    param, weights, meta_file = ncnn_files(param)
+    for path in (param, weights, meta_file):
+        if not path.is_file():
+            raise UserError(f"ncnn export incomplete: {path} not found (an export is NAME.param, NAME.bin "
+                            "and NAME.json; make one with `googlenet export WEIGHTS --format ncnn`)")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        meta = {}
+    if not isinstance(meta, dict) or meta.get("format") != NCNN_META_FORMAT:
+        raise UserError(f"{meta_file}: not the metadata of a googlenet ncnn export; export it again with "
+                        "`googlenet export WEIGHTS --format ncnn`")
+    return param, weights, meta
+
+
 # ------------------------------------------------------------------ the command
 def default_output(weights: str | os.PathLike, fmt: str, int8: bool) -> Path:
     stem = Path(weights).with_suffix("")
-    suffix = {"onnx": ".int8.onnx" if int8 else ".onnx", "torchscript": ".torchscript.pt"}[fmt]
+    suffix = {"onnx": ".int8.onnx" if int8 else ".onnx", "torchscript": ".torchscript.pt",
+              "ncnn": ".ncnn.param"}[fmt]
     return stem.with_name(stem.name + suffix)
 
 
@@ -240,6 +298,8 @@ def export(weights: str | os.PathLike, format: str = "onnx", out: str | os.PathL
     with output_errors(out):  # an --out that cannot be written: one line, not a traceback
         if format == "torchscript":
             return export_torchscript(model, out)
+        if format == "ncnn":
+            return export_ncnn(model, out)
         if not int8:
             return export_onnx(model, out, opset=opset, dynamic_batch=dynamic_batch, dynamo=dynamo)
 

@@ -176,22 +176,42 @@ def no_winograd_on_small_maps(param: Path, weights: Path, input_shape: tuple[int
     return changed
 
 
+def convert_for_ncnn(model: GoogLeNet, input_shape: tuple[int, int, int, int], folder: str | Path,
+                     threads: int | None = None) -> tuple[Path, Path, int]:
+    """convert_to_ncnn, then Winograd off on small maps: (param, weights, how many went off)."""
+    param, weights = convert_to_ncnn(model, input_shape, folder)
+    changed = no_winograd_on_small_maps(param, weights, input_shape, threads or torch.get_num_threads())
+    return param, weights, changed
+
+
 class NcnnEngine:
     """`model` converted to ncnn once (a few seconds), then called like the model in eval mode:
     a float N x C x H x W tensor of `input_shape`'s C, H, W in, N x num_classes fp32 logits out.
-    ncnn runs one image at a time, on `threads` threads (default: torch.get_num_threads())."""
+    ncnn runs one image at a time, on `threads` threads (default: torch.get_num_threads()).
+    `NcnnEngine.load` runs files `googlenet export --format ncnn` wrote instead."""
 
     def __init__(self, model: GoogLeNet, input_shape: tuple[int, int, int, int] | None = None,
                  threads: int | None = None) -> None:
         require_ncnn()
-        self.input_shape = tuple(input_shape or (1, model.in_chans, 224, 224))
-        self.num_classes = model.num_classes
-        self.threads = threads or torch.get_num_threads()
+        shape = tuple(input_shape or (1, model.in_chans, 224, 224))
+        threads = threads or torch.get_num_threads()
         with tempfile.TemporaryDirectory() as folder:  # ncnn copies the weights into memory
-            param, weights = convert_to_ncnn(model, self.input_shape, folder)
-            self.without_winograd = no_winograd_on_small_maps(param, weights, self.input_shape, self.threads)
-            self.net = _net(param, weights, self.threads)
-        self._input, self._output = self.net.input_names()[0], self.net.output_names()[0]
+            param, weights, self.without_winograd = convert_for_ncnn(model, shape, folder, threads)
+            self._attach(_net(param, weights, threads), shape, model.num_classes, threads)
+
+    @classmethod
+    def load(cls, param: str | Path, weights: str | Path, input_shape: tuple[int, int, int, int],
+             num_classes: int, threads: int | None = None) -> "NcnnEngine":
+        require_ncnn()
+        engine = cls.__new__(cls)
+        threads = threads or torch.get_num_threads()
+        engine.without_winograd = None  # decided when the files were written
+        engine._attach(_net(Path(param), Path(weights), threads), tuple(input_shape), num_classes, threads)
+        return engine
+
+    def _attach(self, net, input_shape: tuple[int, ...], num_classes: int, threads: int) -> None:
+        self.net, self.input_shape, self.num_classes, self.threads = net, input_shape, num_classes, threads
+        self._input, self._output = net.input_names()[0], net.output_names()[0]
 
     def __call__(self, x: Tensor) -> Tensor:
         import ncnn

@@ -176,19 +176,41 @@ class NcnnClassifier:
         size = int(self.meta["input_size"])
         self.engine = NcnnEngine(model.eval(), input_shape=(1, model.in_chans, size, size))
 
+    @classmethod
+    def from_export(cls, param: str | os.PathLike) -> "NcnnClassifier":
+        """The files `googlenet export --format ncnn` wrote: no conversion at load."""
+        from .export import load_ncnn_export
+        from .ncnn_backend import NcnnEngine
+
+        param, weights, meta = load_ncnn_export(param)
+        classifier = cls.__new__(cls)
+        names = meta.get("class_names") or []
+        try:
+            classifier.meta = complete_meta(meta, int(meta.get("num_classes") or len(names)),
+                                            int(meta.get("in_chans", 3)))
+            size, chans = int(classifier.meta["input_size"]), int(classifier.meta["in_chans"])
+            engine = NcnnEngine.load(param, weights, (1, chans, size, size), len(classifier.meta["class_names"]))
+        except UserError as e:
+            raise UserError(f"{param}: {e}") from None
+        except (RuntimeError, OSError) as e:  # ncnn could not load the files
+            raise RunError(f"{param}: {first_line(e)}; export it again with `googlenet export WEIGHTS "
+                           "--format ncnn`") from None
+        classifier.engine = engine
+        return classifier
+
     def __call__(self, x: Tensor) -> Tensor:
         return self.engine(x)
 
 
 def pick_backend(weights: str | os.PathLike, backend: str = "auto") -> str:
-    """The backend for a file: "auto" runs .onnx files with onnxruntime and the rest with torch;
-    "ncnn" converts .safetensors weights for ncnn and leaves .onnx files to onnxruntime (so an
-    ensemble may mix them)."""
-    onnx = str(weights).lower().endswith(".onnx")
-    if backend == "auto":
-        return "onnxruntime" if onnx else "torch"
-    if backend == "ncnn" and onnx:
+    """The backend for a file: "auto" runs .onnx files with onnxruntime, .param files (ncnn
+    exports) with ncnn and the rest with torch; "ncnn" also converts .safetensors weights for
+    ncnn, and leaves .onnx files to onnxruntime (so an ensemble may mix them)."""
+    name = str(weights).lower()
+    if backend in ("auto", "ncnn") and name.endswith(".onnx"):
         return "onnxruntime"
+    if backend == "auto":
+        return "ncnn" if name.endswith(".param") else "torch"
     return backend
 
 
@@ -199,6 +221,8 @@ def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: s
     backend = pick_backend(weights, backend)
     if backend == "ncnn":
         _check_ncnn()
+        if str(weights).lower().endswith(".param"):  # an export: converted already
+            return NcnnClassifier.from_export(weights)
     if backend in ("torch", "ncnn"):
         from .device import resolve_device
         from .models.weights import WeightsError, load_weights
@@ -209,6 +233,8 @@ def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: s
             if str(weights).lower().endswith(".onnx"):
                 # auto, not onnxruntime: with --ensemble the other files may be .safetensors
                 raise UserError(f"{weights} is an ONNX model; run it with --backend auto (or onnxruntime)") from None
+            if str(weights).lower().endswith(".param"):
+                raise UserError(f"{weights} is an ncnn export; run it with --backend auto (or ncnn)") from None
             raise
         try:
             if backend == "ncnn":
