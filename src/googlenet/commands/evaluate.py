@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  googlenet eval model.safetensors --dataset imagefolder --data DIR   # DIR/val/<class>/*.jpg",
     )
     p.add_argument("weights", help="a .safetensors file written by `googlenet train` (or import-torchvision), "
-                   "a finished run folder (RUN means RUN/model.safetensors), or an .onnx export")
+                   "a finished run folder (RUN means RUN/model.safetensors), an .onnx export or an ncnn .param export")
     p.add_argument("--dataset", choices=DATASET_CHOICES, default=None,
                    help="test set (default: the dataset recorded in the weights)")
     p.add_argument("--data", metavar="DIR", default=None, help="dataset folder (imagefolder: DIR/val/<class>/...)")

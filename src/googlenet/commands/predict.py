@@ -16,16 +16,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  googlenet predict runs/demo photos/                          # every image in a folder",
     )
     p.add_argument("weights", help=".safetensors weights written by googlenet, a finished run folder "
-                   "(RUN means RUN/model.safetensors), or an .onnx export")
+                   "(RUN means RUN/model.safetensors), an .onnx export or an ncnn export's .param file")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (JPEG, PNG, BMP, GIF, TIFF, WebP), "
                    "or folders: the image files directly in each")
     p.add_argument("--topk", type=int, default=5, metavar="K", help="labels per image (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per line per file, with its path")
     p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "ncnn"), default="auto",
-                   help="torch runs .safetensors weights, onnxruntime an .onnx export (default auto: by the "
-                   "file's suffix); ncnn converts .safetensors weights for ncnn on the CPU: a few seconds "
-                   "at start-up, then the lowest exact per-image latency here, so worth it for many images "
-                   "(needs `pip install 'googlenet[ncnn]'`)")
+                   help="torch runs .safetensors weights, onnxruntime an .onnx export, ncnn a .param export "
+                   "(default auto: by the file's suffix); --backend ncnn also converts .safetensors weights "
+                   "for ncnn on the CPU: a few seconds at start-up (none for a `googlenet export --format "
+                   "ncnn` file), then the lowest exact per-image latency here (needs `pip install "
+                   "'googlenet[ncnn]'`)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (torch backend; ONNX Runtime and ncnn run on the CPU; default auto)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N",
                    help="images per forward pass (ncnn runs them one at a time)")
