@@ -456,3 +456,34 @@ def test_a_default_ncnn_export_sits_next_to_the_weights_and_a_broken_one_is_one_
     (tmp_path / "model.ncnn.json").unlink()
     code, _, err = run_cli(capsys, "predict", str(param), str(param))
     assert_one_line_error(code, err, "ncnn export incomplete", "model.ncnn.json not found")
+
+
+def test_ncnn_exports_refuse_to_overwrite_what_is_not_theirs_and_broken_ones_are_one_line(tmp_path, weights_file,
+                                                                                             capsys):
+    pytest.importorskip("ncnn")
+    pytest.importorskip("pnnx")
+    import json
+    import shutil
+
+    code, _, err = run_cli(capsys, "export", str(weights_file), "--format", "ncnn", "--out", str(tmp_path / "x"))
+    assert_one_line_error(code, err, "end --out in .param")
+    weights_as_bin = tmp_path / "w.bin"  # weights whose name an export's .bin would take
+    shutil.copyfile(weights_file, weights_as_bin)
+    code, _, err = run_cli(capsys, "export", str(weights_as_bin), "--out", str(tmp_path / "w.param"))
+    assert_one_line_error(code, err, "would overwrite the weights file")
+    (tmp_path / "notes.json").write_text('{"mine": true}')
+    code, _, err = run_cli(capsys, "export", str(weights_file), "--out", str(tmp_path / "notes.param"))
+    assert_one_line_error(code, err, "notes.json exists and is not part of a googlenet ncnn export")
+    assert json.loads((tmp_path / "notes.json").read_text()) == {"mine": True}
+    # Over an earlier export it is fine; then break each file in turn.
+    out = tmp_path / "m.param"
+    for _ in range(2):
+        assert run_cli(capsys, "export", str(weights_file), "--out", str(out))[0] == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    out.with_suffix(".json").write_text(json.dumps({**meta, "num_classes": 7, "class_names": ["a"] * 7}))
+    code, _, err = run_cli(capsys, "predict", str(out), str(out))
+    assert_one_line_error(code, err, "export it again")
+    out.with_suffix(".json").write_text(json.dumps(meta))
+    out.write_text("not a param file\n")
+    code, _, err = run_cli(capsys, "predict", str(out), str(out))
+    assert_one_line_error(code, err, "not an ncnn .param file")

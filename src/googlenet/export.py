@@ -24,7 +24,7 @@ from torch import nn
 
 from .errors import RunError, UserError, first_line, output_errors
 from .fileio import atomic_write
-from .onnx_backend import ONNX_META_FORMAT, encode_metadata
+from .onnx_backend import ONNX_META_FORMAT, REQUIRED_META, encode_metadata
 
 FORMATS = ("onnx", "torchscript", "ncnn")
 DEFAULT_OPSET = 17
@@ -214,6 +214,33 @@ def ncnn_files(param: str | os.PathLike) -> tuple[Path, Path, Path]:
     return param, param.with_suffix(".bin"), param.with_suffix(".json")
 
 
+def _ncnn_meta(path: Path) -> dict | None:
+    """The metadata in `path` if it is a googlenet ncnn export's .json, else None."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):  # unreadable, not UTF-8, not JSON
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == NCNN_META_FORMAT else None
+
+
+def check_ncnn_out(out: str | os.PathLike, weights: str | os.PathLike | None = None) -> None:
+    """The three files of an ncnn export are NAME.param, NAME.bin and NAME.json: refuse an --out
+    without the .param suffix, one that would overwrite the weights being exported, and a .bin
+    or .json already there that is not part of an earlier googlenet ncnn export."""
+    param, bin_file, meta_file = ncnn_files(out)
+    if param.suffix.lower() != ".param":
+        raise UserError(f"--out {out}: an ncnn export is NAME.param (with NAME.bin and NAME.json beside "
+                        "it); end --out in .param")
+    if weights is not None and Path(weights).resolve() in {f.resolve() for f in (param, bin_file, meta_file)}:
+        raise UserError(f"--out {out} would overwrite the weights file {weights} (an ncnn export writes "
+                        f"{bin_file.name} and {meta_file.name} too); choose another name")
+    earlier_export = _ncnn_meta(meta_file) is not None
+    for path in (bin_file, meta_file):
+        if path.exists() and not earlier_export:
+            raise UserError(f"{path} exists and is not part of a googlenet ncnn export; choose another --out "
+                            "(an ncnn export writes NAME.param, NAME.bin and NAME.json)")
+
+
 def export_ncnn(model: nn.Module, out: str | os.PathLike, meta: dict | None = None) -> Path:
     """Write the inference network for ncnn (`out` is the .param file; its .bin and .json are
     written beside it), converted as `optimize(backend="ncnn")` converts it, and check the
@@ -226,6 +253,7 @@ def export_ncnn(model: nn.Module, out: str | os.PathLike, meta: dict | None = No
         require_ncnn()
     except ImportError as e:
         raise UserError(f"--format ncnn: {e}") from None
+    check_ncnn_out(out)
     net = inference_network(model)
     meta = {**(meta if meta is not None else export_metadata(net)), "format": NCNN_META_FORMAT}
     x = example_input(meta)
@@ -241,9 +269,12 @@ def export_ncnn(model: nn.Module, out: str | os.PathLike, meta: dict | None = No
         diff = (engine(x) - ref).abs().max().item()
         if diff > ONNX_TOLERANCE * max(1.0, ref.abs().max().item()):
             raise RunError(f"the ncnn conversion differs from PyTorch by {diff:.3g}; not written")
+        # An earlier export's .param goes first and the new one comes last: a crash in between
+        # leaves an incomplete export (refused by load_ncnn_export), never old graph + new weights.
+        param_out.unlink(missing_ok=True)
         atomic_write(weights_out, lambda tmp_path: shutil.copyfile(weights, tmp_path))
         atomic_write(meta_out, lambda tmp_path: Path(tmp_path).write_text(json.dumps(meta, indent=1)))
-        return atomic_write(param_out, lambda tmp_path: shutil.copyfile(param, tmp_path))  # last: complete
+        return atomic_write(param_out, lambda tmp_path: shutil.copyfile(param, tmp_path))
 
 
 def load_ncnn_export(param: str | os.PathLike) -> tuple[Path, Path, dict]:
@@ -253,13 +284,16 @@ def load_ncnn_export(param: str | os.PathLike) -> tuple[Path, Path, dict]:
         if not path.is_file():
             raise UserError(f"ncnn export incomplete: {path} not found (an export is NAME.param, NAME.bin "
                             "and NAME.json; make one with `googlenet export WEIGHTS --format ncnn`)")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        meta = {}
-    if not isinstance(meta, dict) or meta.get("format") != NCNN_META_FORMAT:
-        raise UserError(f"{meta_file}: not the metadata of a googlenet ncnn export; export it again with "
-                        "`googlenet export WEIGHTS --format ncnn`")
+    meta = _ncnn_meta(meta_file)
+    again = "export it again with `googlenet export WEIGHTS --format ncnn`"
+    if meta is None:
+        raise UserError(f"{meta_file}: not the metadata of a googlenet ncnn export; {again}")
+    missing = [k for k in (*REQUIRED_META, "num_classes") if k not in meta]
+    if missing:
+        raise UserError(f"{meta_file}: metadata lacks {', '.join(missing)}; {again}")
+    with open(param, "rb") as f:  # checked here: ncnn itself would print its own lines to stderr
+        if f.readline().strip() != b"7767517":
+            raise UserError(f"{param}: not an ncnn .param file; {again}")
     return param, weights, meta
 
 
@@ -299,6 +333,7 @@ def export(weights: str | os.PathLike, format: str = "onnx", out: str | os.PathL
         if format == "torchscript":
             return export_torchscript(model, out)
         if format == "ncnn":
+            check_ncnn_out(out, weights)
             return export_ncnn(model, out)
         if not int8:
             return export_onnx(model, out, opset=opset, dynamic_batch=dynamic_batch, dynamo=dynamo)

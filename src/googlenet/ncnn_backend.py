@@ -42,10 +42,14 @@ def ncnn_available() -> bool:
     return True
 
 
-def require_ncnn() -> None:
-    """ImportError, naming the extra to install, unless ncnn and pnnx can be imported."""
-    if not ncnn_available():
+def require_ncnn(converter: bool = True) -> None:
+    """ImportError, naming the extra to install, unless ncnn (and, to convert, pnnx) can be imported."""
+    if converter and not ncnn_available():
         raise ImportError(f"the ncnn backend needs the ncnn and pnnx packages: {INSTALL_HINT}")
+    try:
+        import ncnn  # noqa: F401
+    except ImportError:
+        raise ImportError(f"running an ncnn export needs the ncnn package: {INSTALL_HINT}") from None
 
 
 def example_image(input_shape: tuple[int, ...]) -> np.ndarray:
@@ -202,7 +206,7 @@ class NcnnEngine:
     @classmethod
     def load(cls, param: str | Path, weights: str | Path, input_shape: tuple[int, int, int, int],
              num_classes: int, threads: int | None = None) -> "NcnnEngine":
-        require_ncnn()
+        require_ncnn(converter=False)
         engine = cls.__new__(cls)
         threads = threads or torch.get_num_threads()
         engine.without_winograd = None  # decided when the files were written

@@ -23,7 +23,7 @@ from torchvision.transforms.v2 import functional as TF
 from .errors import RunError, UserError, first_line
 from .images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 
-BACKENDS = ("auto", "torch", "onnxruntime", "ncnn")  # auto: onnxruntime for .onnx files, else torch
+BACKENDS = ("auto", "torch", "onnxruntime", "ncnn")  # auto: onnxruntime for .onnx, ncnn for .param, else torch
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # The paper's single-crop geometry: shorter side 256, centre 224.
@@ -183,18 +183,22 @@ class NcnnClassifier:
         from .ncnn_backend import NcnnEngine
 
         param, weights, meta = load_ncnn_export(param)
+        again = "export it again with `googlenet export WEIGHTS --format ncnn`"
         classifier = cls.__new__(cls)
-        names = meta.get("class_names") or []
         try:
-            classifier.meta = complete_meta(meta, int(meta.get("num_classes") or len(names)),
-                                            int(meta.get("in_chans", 3)))
+            classifier.meta = complete_meta(meta, int(meta["num_classes"]), int(meta["in_chans"]))
             size, chans = int(classifier.meta["input_size"]), int(classifier.meta["in_chans"])
-            engine = NcnnEngine.load(param, weights, (1, chans, size, size), len(classifier.meta["class_names"]))
+            classes = len(classifier.meta["class_names"])
+            engine = NcnnEngine.load(param, weights, (1, chans, size, size), classes)
+            # One example through the graph: a .bin or .json that does not belong to this
+            # .param shows here (wrong output size, NaN from a wrong channel count).
+            logits = engine(torch.rand(1, chans, size, size, generator=torch.Generator().manual_seed(0)))
         except UserError as e:
             raise UserError(f"{param}: {e}") from None
-        except (RuntimeError, OSError) as e:  # ncnn could not load the files
-            raise RunError(f"{param}: {first_line(e)}; export it again with `googlenet export WEIGHTS "
-                           "--format ncnn`") from None
+        except (RuntimeError, OSError, ValueError, TypeError) as e:  # ncnn refused the files; bad metadata
+            raise UserError(f"{param}: {first_line(e)}; {again}") from None
+        if not torch.isfinite(logits).all():
+            raise UserError(f"{param}: gives non-finite outputs with its own metadata; {again}")
         classifier.engine = engine
         return classifier
 
@@ -220,8 +224,9 @@ def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: s
     backend "auto" picks by the file's suffix; "ncnn" converts .safetensors weights for ncnn)."""
     backend = pick_backend(weights, backend)
     if backend == "ncnn":
-        _check_ncnn()
-        if str(weights).lower().endswith(".param"):  # an export: converted already
+        exported = str(weights).lower().endswith(".param")  # converted already: pnnx not needed
+        _check_ncnn(converter=not exported)
+        if exported:
             return NcnnClassifier.from_export(weights)
     if backend in ("torch", "ncnn"):
         from .device import resolve_device
@@ -247,6 +252,8 @@ def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: s
                 raise
             raise RunError(f"{weights}: {first_line(e)}; run it with --backend torch instead") from None
     if backend == "onnxruntime":
+        if str(weights).lower().endswith(".param"):
+            raise UserError(f"{weights} is an ncnn export; run it with --backend auto (or ncnn)")
         if Path(weights).is_dir() or str(weights).lower().endswith(".safetensors"):
             # onnxruntime would only say "Protobuf parsing failed" about our own weights file.
             raise UserError(f"{weights} holds PyTorch weights, not an ONNX export; run it with --backend torch "
@@ -271,12 +278,12 @@ def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: s
     raise UserError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
-def _check_ncnn() -> None:
-    """--backend ncnn converts our weights itself, with ncnn's and pnnx's packages."""
+def _check_ncnn(converter: bool) -> None:
+    """--backend ncnn runs exports with ncnn, and converts our weights itself with pnnx."""
     from .ncnn_backend import require_ncnn
 
     try:
-        require_ncnn()
+        require_ncnn(converter)
     except ImportError as e:
         raise UserError(f"--backend ncnn: {e}") from None
 

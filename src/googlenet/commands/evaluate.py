@@ -33,8 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (torch backend; ONNX Runtime and ncnn run on the CPU; default auto)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (torch backend; faster on GPU; fp32 by default)")
     p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "ncnn"), default="auto",
-                   help="torch runs .safetensors weights, onnxruntime .onnx exports (default auto: by each "
-                   "file's suffix, so an ensemble may mix them); ncnn converts .safetensors weights for "
+                   help="torch runs .safetensors weights, onnxruntime .onnx exports, ncnn .param exports "
+                   "(default auto: by each file's suffix, so an ensemble may mix them); ncnn also converts .safetensors weights for "
                    "ncnn on the CPU, a few seconds per model at start-up (needs `pip install 'googlenet[ncnn]'`)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     p.set_defaults(func=eval_cmd)
