@@ -341,7 +341,7 @@ def torch_only_flags_note(paths: Sequence[str], backend: str, device: str, bf16:
     on_cpu_anyway = device.lower().partition(":")[0] in ("auto", "cpu")  # cpu:0 is the CPU too (device.py)
     ignored = (["--bf16"] if bf16 else []) + ([] if on_cpu_anyway else [f"--device {device}"])
     runtimes = {"onnxruntime": "ONNX Runtime", "ncnn": "ncnn"}
-    outside = [(p, runtimes[pick_backend(p, backend)]) for p in paths if pick_backend(p, backend) in runtimes]
+    outside = [(p, runtimes[ran]) for p in paths if (ran := pick_backend(p, backend)) in runtimes]
     if not (ignored and outside):
         return []
     verb = "apply" if len(ignored) > 1 else "applies"

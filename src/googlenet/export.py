@@ -143,6 +143,13 @@ def set_metadata(proto, meta: dict) -> None:
         entry.key, entry.value = key, value
 
 
+def scaled_difference(got: torch.Tensor, net: nn.Module, x: torch.Tensor) -> float:
+    """max |got - net(x)|, over the logits' scale (at least 1): how far an export strays."""
+    with torch.no_grad():
+        expected = net(x)
+    return (got - expected).abs().max().item() / max(1.0, expected.abs().max().item())
+
+
 def verify_onnx(path: str | os.PathLike, net: nn.Module, batches: tuple[int, ...] = (1,),
                 tolerance: float = ONNX_TOLERANCE) -> float:
     """Largest |onnxruntime - PyTorch| over random batches, scaled by the logits' size;
@@ -153,11 +160,7 @@ def verify_onnx(path: str | os.PathLike, net: nn.Module, batches: tuple[int, ...
     worst = 0.0
     for batch in batches:
         x = example_input(runtime.meta, batch)
-        with torch.no_grad():
-            expected = net(x)
-        got = runtime(x)
-        diff = (got - expected).abs().max().item() / max(1.0, expected.abs().max().item())
-        worst = max(worst, diff)
+        worst = max(worst, scaled_difference(runtime(x), net, x))
     if worst > tolerance:
         raise RunError(f"{path}: onnxruntime differs from PyTorch by {worst:.2e} (> {tolerance:.0e}); "
                        "try another --opset")
@@ -241,10 +244,12 @@ def check_ncnn_out(out: str | os.PathLike, weights: str | os.PathLike | None = N
                             "(an ncnn export writes NAME.param, NAME.bin and NAME.json)")
 
 
-def export_ncnn(model: nn.Module, out: str | os.PathLike, meta: dict | None = None) -> Path:
+def export_ncnn(model: nn.Module, out: str | os.PathLike, meta: dict | None = None,
+                weights: str | os.PathLike | None = None) -> Path:
     """Write the inference network for ncnn (`out` is the .param file; its .bin and .json are
     written beside it), converted as `optimize(backend="ncnn")` converts it, and check the
-    written files against PyTorch (within ONNX_TOLERANCE of the logits' scale) before keeping them."""
+    written files against PyTorch (within ONNX_TOLERANCE of the logits' scale) before keeping them.
+    `weights`, the file the model came from, is never overwritten (check_ncnn_out)."""
     import shutil
 
     from .ncnn_backend import NcnnEngine, convert_for_ncnn, require_ncnn
@@ -253,7 +258,7 @@ def export_ncnn(model: nn.Module, out: str | os.PathLike, meta: dict | None = No
         require_ncnn()
     except ImportError as e:
         raise UserError(f"--format ncnn: {e}") from None
-    check_ncnn_out(out)
+    check_ncnn_out(out, weights)
     net = inference_network(model)
     meta = {**(meta if meta is not None else export_metadata(net)), "format": NCNN_META_FORMAT}
     x = example_input(meta)
@@ -264,11 +269,10 @@ def export_ncnn(model: nn.Module, out: str | os.PathLike, meta: dict | None = No
             engine = NcnnEngine.load(param, weights, tuple(x.shape), int(meta["num_classes"]))
         except (RuntimeError, OSError) as e:
             raise RunError(f"could not convert the model for ncnn: {first_line(e)}") from None
-        with torch.no_grad():
-            ref = net(x)
-        diff = (engine(x) - ref).abs().max().item()
-        if diff > ONNX_TOLERANCE * max(1.0, ref.abs().max().item()):
-            raise RunError(f"the ncnn conversion differs from PyTorch by {diff:.3g}; not written")
+        diff = scaled_difference(engine(x), net, x)
+        if diff > ONNX_TOLERANCE:
+            raise RunError(f"the ncnn conversion differs from PyTorch by {diff:.2e} of the logits' scale "
+                           f"(> {ONNX_TOLERANCE:.0e}); not written")
         # An earlier export's .param goes first and the new one comes last: a crash in between
         # leaves an incomplete export (refused by load_ncnn_export), never old graph + new weights.
         param_out.unlink(missing_ok=True)
@@ -333,8 +337,7 @@ def export(weights: str | os.PathLike, format: str = "onnx", out: str | os.PathL
         if format == "torchscript":
             return export_torchscript(model, out)
         if format == "ncnn":
-            check_ncnn_out(out, weights)
-            return export_ncnn(model, out)
+            return export_ncnn(model, out, weights=weights)
         if not int8:
             return export_onnx(model, out, opset=opset, dynamic_batch=dynamic_batch, dynamo=dynamo)
 

@@ -218,13 +218,26 @@ def pick_backend(weights: str | os.PathLike, backend: str = "auto") -> str:
     return backend
 
 
+# What an export file is, by the backend "auto" picks for it: for messages to a wrong --backend.
+EXPORT_KINDS = {"onnxruntime": "an ONNX model", "ncnn": "an ncnn export"}
+
+
+def _export_given_to(weights: str | os.PathLike, backend: str) -> UserError | None:
+    """The error for an export file handed to a backend that cannot run it, else None."""
+    kind = pick_backend(weights)
+    if kind in EXPORT_KINDS and kind != backend:
+        # auto, not the runtime alone: with --ensemble the other files may be .safetensors
+        return UserError(f"{weights} is {EXPORT_KINDS[kind]}; run it with --backend auto (or {kind})")
+    return None
+
+
 def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: str = "auto",
                     bf16: bool = False) -> Classifier:
     """A classifier from a weights file (.safetensors for torch, .onnx for onnxruntime;
     backend "auto" picks by the file's suffix; "ncnn" converts .safetensors weights for ncnn)."""
     backend = pick_backend(weights, backend)
     if backend == "ncnn":
-        exported = str(weights).lower().endswith(".param")  # converted already: pnnx not needed
+        exported = pick_backend(weights) == "ncnn"  # a .param export, converted already: pnnx not needed
         _check_ncnn(converter=not exported)
         if exported:
             return NcnnClassifier.from_export(weights)
@@ -235,11 +248,9 @@ def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: s
         try:
             model = load_weights(weights)
         except WeightsError:  # its message already names our other outputs (TorchScript, last.pt)
-            if str(weights).lower().endswith(".onnx"):
-                # auto, not onnxruntime: with --ensemble the other files may be .safetensors
-                raise UserError(f"{weights} is an ONNX model; run it with --backend auto (or onnxruntime)") from None
-            if str(weights).lower().endswith(".param"):
-                raise UserError(f"{weights} is an ncnn export; run it with --backend auto (or ncnn)") from None
+            wrong_backend = _export_given_to(weights, backend)
+            if wrong_backend is not None:
+                raise wrong_backend from None
             raise
         try:
             if backend == "ncnn":
@@ -252,8 +263,9 @@ def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: s
                 raise
             raise RunError(f"{weights}: {first_line(e)}; run it with --backend torch instead") from None
     if backend == "onnxruntime":
-        if str(weights).lower().endswith(".param"):
-            raise UserError(f"{weights} is an ncnn export; run it with --backend auto (or ncnn)")
+        wrong_backend = _export_given_to(weights, backend)
+        if wrong_backend is not None:
+            raise wrong_backend
         if Path(weights).is_dir() or str(weights).lower().endswith(".safetensors"):
             # onnxruntime would only say "Protobuf parsing failed" about our own weights file.
             raise UserError(f"{weights} holds PyTorch weights, not an ONNX export; run it with --backend torch "
