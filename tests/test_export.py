@@ -354,6 +354,16 @@ def test_an_onnx_file_as_weights_is_named_not_overwritten(tmp_path, capsys):
     assert "overwrite" not in err and onnx_file.read_bytes() == b"\x08\x07\x12\x07pytorch"
 
 
+def test_an_ncnn_export_as_weights_is_named(tmp_path, capsys):
+    param, bin_file = tmp_path / "model.param", tmp_path / "model.bin"
+    param.write_text("7767517\n")
+    bin_file.write_bytes(b"\0" * 16)
+    for given in (param, bin_file):
+        code, _, err = run_cli(capsys, "export", str(given))
+        assert_one_line_error(code, err, f"{given} is part of an ncnn export", ".safetensors")
+    assert param.read_text() == "7767517\n" and bin_file.read_bytes() == b"\0" * 16
+
+
 @pytest.mark.parametrize("name", ["model.torchscript.pt", "model.ts"])
 def test_an_export_as_its_own_out_is_not_weights(tmp_path, capsys, name):
     other = tmp_path / name
@@ -487,3 +497,8 @@ def test_ncnn_exports_refuse_to_overwrite_what_is_not_theirs_and_broken_ones_are
     out.write_text("not a param file\n")
     code, _, err = run_cli(capsys, "predict", str(out), str(out))
     assert_one_line_error(code, err, "not an ncnn .param file")
+    # A .bin that cannot be written is named (not the .param the user gave).
+    out.with_suffix(".bin").unlink()
+    out.with_suffix(".bin").mkdir()
+    code, _, err = run_cli(capsys, "export", str(weights_file), "--out", str(out))
+    assert_one_line_error(code, err, f"cannot write {out.with_suffix('.bin')}")

@@ -276,8 +276,10 @@ def export_ncnn(model: nn.Module, out: str | os.PathLike, meta: dict | None = No
         # An earlier export's .param goes first and the new one comes last: a crash in between
         # leaves an incomplete export (refused by load_ncnn_export), never old graph + new weights.
         param_out.unlink(missing_ok=True)
-        atomic_write(weights_out, lambda tmp_path: shutil.copyfile(weights, tmp_path))
-        atomic_write(meta_out, lambda tmp_path: Path(tmp_path).write_text(json.dumps(meta, indent=1)))
+        with output_errors(weights_out):  # a failure names the file that failed, not only the .param
+            atomic_write(weights_out, lambda tmp_path: shutil.copyfile(weights, tmp_path))
+        with output_errors(meta_out):
+            atomic_write(meta_out, lambda tmp_path: Path(tmp_path).write_text(json.dumps(meta, indent=1)))
         return atomic_write(param_out, lambda tmp_path: shutil.copyfile(param, tmp_path))
 
 

@@ -152,6 +152,9 @@ def _other_output_message(path: Path) -> str | None:
     if path.suffix.lower() == ".onnx":
         return (f"{path} is already an ONNX export; this command takes .safetensors weights "
                 "(the file it was exported from)")
+    if path.suffix.lower() == ".param" or (path.suffix.lower() == ".bin" and path.with_suffix(".param").is_file()):
+        return (f"{path} is part of an ncnn export; this command takes .safetensors weights "
+                "(the file it was exported from)")
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
