@@ -44,6 +44,9 @@ def test_a_run_writes_everything(fmnist_dir, tmp_path):
     assert saved["config"]["lr"] == 0.05 and saved["epoch"] == 2
     with pytest.raises(UserError, match="already holds a finished run .*--weights .*model.safetensors"):
         train(config, out=run)  # not "continue it with --resume": there is nothing to resume
+    (run / "last.pt").unlink()  # model.safetensors alone: someone's weights, not a run to continue
+    with pytest.raises(UserError, match="already holds model.safetensors .*would overwrite it"):
+        train(config, out=run)
 
 
 def test_budget_fits_the_whole_schedule(fmnist_dir, tmp_path):

@@ -140,6 +140,9 @@ def train(config: TrainConfig, out: str | Path | None = None, resume: str | Path
                                 f"--out, or train on from it with --weights {finished}")
             raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                             "or pick another --out")
+        if (run_dir / ckpt.RUN_WEIGHTS).exists():  # weights put there by hand: the run would overwrite them
+            raise UserError(f"{run_dir} already holds {ckpt.RUN_WEIGHTS} (not from a run here); training would "
+                            "overwrite it; pick another --out")
     # One process trains into a folder at a time (the lock goes with the process, even on SIGKILL).
     with guard.RunLock(run_dir) if process.is_main else contextlib.nullcontext():
         if resume is not None and process.is_main:  # half-written files of a killed run (checkpoint-sized)
