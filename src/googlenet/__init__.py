@@ -3,7 +3,7 @@
     >>> import googlenet
     >>> model = googlenet.create_model("googlenet_cifar", in_chans=1)
     >>> googlenet.list_models()
-    ['googlenet', 'googlenet_bn', 'googlenet_cifar', 'googlenet_tv']
+    ['googlenet', 'googlenet_bn', 'googlenet_cifar', 'googlenet_cifar_fast', 'googlenet_tv']
 """
 from .errors import RunError, UserError
 from .models import (

@@ -17,13 +17,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  googlenet eval runs/demo/model.safetensors --crops 144 --limit-test 100\n"
         "  googlenet eval runs/demo/model.onnx                       # ONNX Runtime, chosen by the suffix\n"
         "  googlenet eval a.safetensors --ensemble b.safetensors c.safetensors --crops 10 --json\n"
-        "  googlenet eval model.safetensors --dataset imagefolder --data DIR   # DIR/val/<class>/*.jpg",
+        "  googlenet eval model.safetensors --dataset imagefolder --data DIR   # DIR/test/<class>/*.jpg, else DIR/val/",
     )
     p.add_argument("weights", help="a .safetensors file written by `googlenet train` (or import-torchvision), "
                    "a finished run folder (RUN means RUN/model.safetensors), an .onnx export or an ncnn .param export")
     p.add_argument("--dataset", choices=DATASET_CHOICES, default=None,
                    help="test set (default: the dataset recorded in the weights)")
-    p.add_argument("--data", metavar="DIR", default=None, help="dataset folder (imagefolder: DIR/val/<class>/...)")
+    p.add_argument("--data", metavar="DIR", default=None, help="dataset folder (imagefolder: DIR/test/<class>/..., else DIR/val/<class>/...)")
     p.add_argument("--limit-test", type=int, default=None, metavar="N", help="evaluate a fixed subset of N images")
     p.add_argument("--crops", type=int, choices=(1, 10, 144), default=1,
                    help="views per image: 1 centre crop, 10 (corners+centre, mirrored) or 144 (paper, 4 scales)")

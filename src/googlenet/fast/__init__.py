@@ -12,9 +12,10 @@ parameters and state_dict keys stay those of the plain model, so optimizers,
 checkpoints and `save_weights` work unchanged.
 
 mode="inference" returns an `InferenceModel`: batch norm folded into the convs, merged
-1x1 convs, channels_last, oneDNN convs with fused ReLU on CPU; on CUDA bf16 weights,
-torch.compile and CUDA graphs for small fixed batches. Its state_dict is the source
-model's; loading a state_dict refolds.
+1x1 convs, channels_last, oneDNN convs with fused ReLU on CPU (or, with backend=
+"onnxruntime"/"ncnn", the verified export run outside PyTorch); on CUDA it stays fp32 and
+eager unless asked: precision="bf16", compile=True and cuda_graphs=True (small fixed
+batches). Its state_dict is the source model's; loading a state_dict refolds.
 """
 from __future__ import annotations
 

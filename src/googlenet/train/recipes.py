@@ -51,7 +51,7 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4  # L2 on conv/linear weights (not on biases or norms)
-    schedule: str = "onecycle"  # "onecycle" (linear warm-up, cosine decay) | "cosine" | "step"
+    schedule: str = "onecycle"  # "onecycle" (linear warm-up, linear decay) | "cosine" | "step"
     warmup: float = 0.2  # share of all steps spent warming up (onecycle, cosine)
     final_lr_scale: float = 0.01  # lr at the last step, as a share of the peak
     step_every: float = 8.0  # "step": epochs between decays
