@@ -7,8 +7,10 @@ User mistakes (UserError) end in one line on stderr and exit code 2 (1 for run e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import re
+import signal
 import sys
 import textwrap
 
@@ -83,6 +85,37 @@ def _attach_dashed_values(argv: list[str]) -> list[str]:
     return out
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP to a command: unwinds like Ctrl-C, so its temporary files are removed
+    and half-written outputs never replace good ones; the exit status names the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.exit_code = 128 + signum
+
+
+def _raise_terminated(signum: int, frame) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _signals_unwind(command: str):
+    """While a command runs, SIGTERM and SIGHUP raise Terminated (the default would end the
+    process at once, leaving temporary folders behind). `train` handles them itself (it saves a
+    checkpoint first); a SIGHUP that nohup set to be ignored stays ignored."""
+    previous = {}
+    if command != "train":
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                if signal.getsignal(signum) == signal.SIG_DFL:
+                    previous[signum] = signal.signal(signum, _raise_terminated)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     from .errors import UserError
 
@@ -92,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with _signals_unwind(args.command):
+            return int(args.func(args) or 0)
     except UserError as e:
         # A run stopped on request (Ctrl-C, SIGTERM) is not an error: it says how to continue.
         label = "" if getattr(e, "requested", False) else "error: "
@@ -102,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
             pass
         return e.exit_code
     except KeyboardInterrupt as e:  # a training run's second Ctrl-C says what it cost (guard.StoppedAtOnce)
-        print(f"googlenet {args.command}: {str(e) or 'interrupted'}", file=sys.stderr)
-        return 130
+        with contextlib.suppress(OSError):
+            print(f"googlenet {args.command}: {str(e) or 'interrupted'}", file=sys.stderr)
+        return getattr(e, "exit_code", 130)
     except BrokenPipeError:  # `googlenet ... | head`
         return 0
 
