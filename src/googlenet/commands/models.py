@@ -29,13 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Read a torchvision GoogLeNet state_dict (e.g. the published googlenet-1378be20.pth) "
         "with torch.load(weights_only=True), load it strictly into googlenet_tv and save it as "
         "safetensors with its metadata (classes, input size, mean/std).",
-        epilog="example: googlenet import-torchvision googlenet-1378be20.pth googlenet_tv.safetensors",
+        epilog="example:\n  googlenet import-torchvision googlenet-1378be20.pth googlenet_tv.safetensors",
     )
     p.add_argument("pth", help="torchvision checkpoint (.pth state_dict)")
     p.add_argument("out", help="output .safetensors file")
     p.add_argument("--transform-input", dest="transform_input", action="store_true", default=None,
                    help="expect ImageNet-normalised input (default when the file has 1000 classes)")
-    p.add_argument("--no-transform-input", dest="transform_input", action="store_false")
+    p.add_argument("--no-transform-input", dest="transform_input", action="store_false",
+                   help="expect plain [0, 1] input (default for other class counts)")
     p.set_defaults(func=import_torchvision_cmd)
 
 
@@ -89,11 +90,14 @@ def import_torchvision_cmd(args: argparse.Namespace) -> int:
     from ..models import import_torchvision, read_metadata
 
     pth, out = Path(args.pth), Path(args.out)
+    if out.suffix.lower() != ".safetensors":  # predict/eval/export pick a file's reader by its suffix
+        raise UserError(f"OUT {out} must end in .safetensors (the file written is safetensors weights), "
+                        f"e.g. {out.with_suffix('.safetensors')}")
     if pth.is_dir():  # not "weights file not found": it is there, as a folder
         raise UserError(f"{pth} is a folder; give the torchvision .pth file itself")
     if pth.is_file() and out.exists() and os.path.samefile(pth, out):  # the .pth would be replaced
         raise UserError(f"OUT {out} is the input file itself and would be overwritten; pick another OUT file, "
-                        f"e.g. {pth.with_suffix('.safetensors')}")
+                        f"e.g. {pth.with_name(pth.stem + '_tv.safetensors')}")
     with output_errors(args.out, "pick another OUT file"):
         out = import_torchvision(args.pth, args.out, transform_input=args.transform_input)
     meta = read_metadata(out)
