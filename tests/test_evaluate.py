@@ -223,6 +223,20 @@ def test_evaluate_file_uses_the_recorded_dataset(weights_and_data, tiny_model):
     assert "top-1 accuracy" in text and "confusion matrix" in text and "c9" in text
 
 
+def test_eval_into_a_log_prints_progress_lines(weights_and_data, capsys, monkeypatch):
+    """`googlenet eval ... > log 2>&1` said nothing for as long as the evaluation took (a
+    bar is only drawn on a terminal); a log gets a plain line a minute, as training prints."""
+    from googlenet import progress
+
+    path, _, _ = weights_and_data
+    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.0)  # a line at every batch, not every minute
+    assert cli_main(["eval", str(path), "--limit-test", "8", "--batch-size", "2", "--json", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("  eval: ")]
+    assert lines and lines[0].startswith("  eval: 2/8 img, ") and "min left" in lines[0]
+    assert json.loads(captured.out)["num_images"] == 8  # stdout stays the JSON alone
+
+
 def test_eval_cli_json_and_text(weights_and_data, capsys):
     path, _, _ = weights_and_data
     assert cli_main(["eval", str(path), "--limit-test", "4", "--json", "--device", "cpu"]) == 0

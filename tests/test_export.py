@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import warnings
 from pathlib import Path
 
@@ -247,6 +248,7 @@ def test_malicious_pickle_never_runs(tmp_path, capsys, suffix):
     (["--format", "onnx", "--opset", "99"], "newer"),
     (["--format", "torchscript", "--int8"], "--int8 needs --format onnx"),
     (["--format", "onnx", "--int8", "--calib-images", "0"], "positive"),
+    (["--format", "onnx", "--int8", "--calib-images", "100000"], "at most 5000"),
     (["--format", "onnx", "--calib-dataset", "random"], "--int8 only"),  # nothing to calibrate
     (["--format", "onnx", "--calib-images", "20"], "--int8 only"),
     (["--format", "onnx", "--data", "somewhere"], "--int8 only"),
@@ -406,6 +408,40 @@ def test_int8_calibration_on_a_folder_of_unreadable_files_is_one_line(tmp_path, 
                            "--data", str(tmp_path / "data"), "--out", str(tmp_path / "two.int8.onnx"))
     assert_one_line_error(code, err, "could be read", "broken.png")
     assert not (tmp_path / "two.int8.onnx").exists()
+    # One readable image among them: calibrated on it, and told so (not the 3 asked for).
+    from PIL import Image
+
+    Image.new("L", (SIZE, SIZE), 128).save(tmp_path / "data" / "train" / "c1" / "good.png")
+    code, _, err = run_cli(capsys, "export", str(weights), "--int8", "--calib-images", "3",
+                           "--data", str(tmp_path / "data"), "--out", str(tmp_path / "two.int8.onnx"))
+    assert code == 0, err
+    assert "note: calibrating on 1 of the 3 images asked for" in err and (tmp_path / "two.int8.onnx").is_file()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_terminated_export_removes_its_temporary_files(tmp_path, weights_file, signum):
+    """SIGTERM/SIGHUP (a closed terminal, `timeout`, a job scheduler) ended the process at once:
+    no message, and the export's temporary folders stayed in /tmp. Now it unwinds like Ctrl-C."""
+    import subprocess
+    import sys
+    import time
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = tmp_path / "m.int8.onnx"
+    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(Path(googlenet.__file__).parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "googlenet", "export", str(weights_file), "--int8",
+                             "--calib-dataset", "random", "--calib-images", "5000", "--out", str(out)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(tmp.glob("googlenet-int8-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # calibrating: both temporary folders exist from here on
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err
+    assert err.strip().splitlines()[-1] == f"googlenet export: stopped by {signal.Signals(signum).name}"
+    assert list(tmp.glob("googlenet-*")) == [] and not out.exists()  # (torch's own caches may stay)
 
 
 @pytest.mark.parametrize("fmt, name", [("torchscript", "model.onnx"), ("onnx", "model.pt")])

@@ -356,7 +356,8 @@ def evaluate(weights: str | os.PathLike, dataset: str | None = None, data_dir: s
              progress: bool = False) -> EvalResult:
     """Python API of `googlenet eval`: evaluate a weights file (or an ensemble) on a test set.
 
-    progress: a progress bar on stderr (images done over all models, img/s, ETA).
+    progress: progress on stderr (images done over all models, img/s, time left): a bar on a
+      terminal, else a line a minute (googlenet.progress).
     """
     paths = [str(weights), *map(str, ensemble)]
     if crops not in CROPS:
@@ -391,10 +392,9 @@ def evaluate(weights: str | os.PathLike, dataset: str | None = None, data_dir: s
                 notes.append(f"note: {path} takes {classifier.meta['in_chans']}-channel input; "
                              f"the {data.in_chans}-channel {dataset} images were converted")
     start = time.perf_counter()
-    from tqdm import tqdm
+    from .progress import progress as progress_display
 
-    with tqdm(total=count * len(classifiers), unit="img", desc="eval", disable=not progress, leave=False,
-              dynamic_ncols=True) as bar:
+    with progress_display(count * len(classifiers), "eval", enabled=progress) as bar:
         probs, labels = ensemble_probabilities(classifiers, make_batches, crops, batch_size, bar.update)
     result = compute_metrics(probs, labels, class_names)
     result.seconds = time.perf_counter() - start

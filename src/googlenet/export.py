@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -314,7 +315,7 @@ def default_output(weights: str | os.PathLike, fmt: str, int8: bool) -> Path:
 def export(weights: str | os.PathLike, format: str = "onnx", out: str | os.PathLike | None = None,
            int8: bool = False, dynamic_batch: bool = False, opset: int = DEFAULT_OPSET,
            calib_dataset: str | None = None, calib_images: int = 300, data_dir: str | None = None,
-           dynamo: bool = False) -> Path:
+           dynamo: bool = False, progress: bool = False) -> Path:
     """`googlenet export`: load a weights file (safetensors only, no code runs; a finished run
     folder means its model.safetensors) and write the inference network in `format`. int8:
     static quantization for CPU (ONNX only), calibrated on `calib_images` training images of
@@ -348,7 +349,11 @@ def export(weights: str | os.PathLike, format: str = "onnx", out: str | os.PathL
         net = inference_network(model)
         meta = export_metadata(net)
         batches = calibration_batches(meta, calib_dataset, calib_images, data_dir)
+        found = sum(len(b) for b in batches)
+        if found < calib_images:  # a small dataset, or unreadable files skipped
+            print(f"note: calibrating on {found} of the {calib_images} images asked for: all that "
+                  f"{calib_dataset or meta.get('dataset') or 'the dataset'} has that could be read", file=sys.stderr)
         with tempfile.TemporaryDirectory(prefix="googlenet-export-") as tmp:
             fp32 = export_onnx(net, Path(tmp) / "fp32.onnx", opset=opset, dynamic_batch=dynamic_batch,
                                dynamo=dynamo, meta=meta)
-            return quantize_onnx(fp32, out, batches)
+            return quantize_onnx(fp32, out, batches, progress=progress)

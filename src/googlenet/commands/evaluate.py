@@ -49,7 +49,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
     result = evaluate(args.weights, dataset=args.dataset, data_dir=args.data, limit=args.limit_test,
                       crops=args.crops, ensemble=args.ensemble, batch_size=args.batch_size,
                       device=args.device, bf16=args.bf16, backend=args.backend,
-                      progress=sys.stderr.isatty())
+                      progress=True)  # a bar on a terminal, else a line a minute
     for reason in result.skipped:
         print(f"googlenet eval: warning: skipped {reason}", file=sys.stderr)
     if args.json:

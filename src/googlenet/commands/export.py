@@ -44,7 +44,7 @@ def register(subparsers) -> None:
     g.add_argument("--calib-dataset", metavar="NAME", help="calibration data (default: the dataset the "
                    "weights name; 'random' = noise, for tests only)")
     g.add_argument("--calib-images", type=int, default=DEFAULT_CALIB_IMAGES, metavar="N",
-                   help=f"training images used (default {DEFAULT_CALIB_IMAGES})")
+                   help=f"training images used (default {DEFAULT_CALIB_IMAGES}, at most 5000)")
     g.add_argument("--data", metavar="DIR", help="where the calibration dataset lives")
     p.set_defaults(func=run)
 
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     path = export(args.weights, args.format, out=args.out, int8=args.int8, dynamic_batch=args.dynamic_batch,
                   opset=args.opset, calib_dataset=args.calib_dataset, calib_images=args.calib_images,
-                  data_dir=args.data)
+                  data_dir=args.data, progress=True)
     kind = "int8 ONNX" if args.int8 else {"onnx": "ONNX", "torchscript": "TorchScript", "ncnn": "ncnn"}[args.format]
     size = path.stat().st_size
     if args.format == "ncnn":  # the weights are in the .bin beside the .param
