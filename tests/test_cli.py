@@ -78,7 +78,11 @@ def test_a_negative_budget_reaches_the_budget_check(capsys):
     the budget's own check instead, which says what a duration looks like."""
     assert main(["train", "--budget", "-5m"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["googlenet train: error: cannot read the duration '-5m'; write e.g. 90s, 10m or 1.5h"]
+    assert err == ["googlenet train: error: the duration must be positive, not '-5m'; write e.g. 90s, 10m or 1.5h"]
+    assert main(["train", "--budget", "0"]) == 2  # a bare number is seconds: readable, but not positive
+    assert "the duration must be positive, not '0'" in capsys.readouterr().err
+    assert main(["train", "--budget", "abc"]) == 2
+    assert "cannot read the duration 'abc'" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # a missing value is still argparse's to report
         main(["train", "--budget"])
     assert "--budget: expected one argument" in capsys.readouterr().err
@@ -113,9 +117,19 @@ def test_import_torchvision_refuses_to_overwrite_its_input_and_names_a_folder(tm
     before = pth.read_bytes()
     assert main(["import-torchvision", str(pth), str(tmp_path / "." / "tv.pth")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"googlenet import-torchvision: error: OUT {tmp_path / 'tv.pth'} is the input file itself and would be "
-        f"overwritten; pick another OUT file, e.g. {tmp_path / 'tv.safetensors'}"]
+        f"googlenet import-torchvision: error: OUT {tmp_path / 'tv.pth'} must end in .safetensors (the file "
+        f"written is safetensors weights), e.g. {tmp_path / 'tv.safetensors'}"]
     assert pth.read_bytes() == before
+    # An OUT named for another format was written as safetensors, then refused by predict/export.
+    assert main(["import-torchvision", str(pth), str(tmp_path / "tv.onnx")]) == 2
+    assert "must end in .safetensors" in capsys.readouterr().err and not (tmp_path / "tv.onnx").exists()
+    misnamed = tmp_path / "tv.safetensors"  # a torchvision .pth under a .safetensors name
+    misnamed.write_bytes(before)
+    assert main(["import-torchvision", str(misnamed), str(tmp_path / "." / "tv.safetensors")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"googlenet import-torchvision: error: OUT {misnamed} is the input file itself and would be "
+        f"overwritten; pick another OUT file, e.g. {tmp_path / 'tv_tv.safetensors'}"]
+    assert misnamed.read_bytes() == before
     assert main(["import-torchvision", str(tmp_path), str(tmp_path / "out.safetensors")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"googlenet import-torchvision: error: {tmp_path} is a folder; give the torchvision .pth file itself"]
@@ -128,7 +142,11 @@ def test_resume_without_a_checkpoint_is_the_error_alone(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.strip().splitlines() == [
-        f"googlenet train: error: no checkpoint at {tmp_path / 'nope'}; --resume takes a run folder holding last.pt"]
+        f"googlenet train: error: no such run folder: {tmp_path / 'nope'}; --resume takes a run folder holding last.pt"]
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "--resume", str(tmp_path / "empty")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"googlenet train: error: no checkpoint at {tmp_path / 'empty' / 'last.pt'}; --resume takes a run folder holding last.pt"]
 
 
 def test_train_help_says_where_the_config_keys_and_budget_units_are(capsys):

@@ -178,7 +178,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert main(["train", "--set", "lr_peak=1"]) == 2
     assert "did you mean 'lr'" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
-    assert "no checkpoint" in capsys.readouterr().err
+    assert "no such run folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("model, size, smallest", [("googlenet", 28, 31), ("googlenet_cifar", 3, 4)])

@@ -202,7 +202,8 @@ def _locate_fashion_mnist(split: str, data_dir: str | os.PathLike | None) -> tup
 
 _FMNIST_ROUTES = (
     "get it one of three ways: (1) pass --data DIR holding the four idx files "
-    "(train/t10k-images-idx3-ubyte.gz, train/t10k-labels-idx1-ubyte.gz); "
+    "(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
+    "t10k-labels-idx1-ubyte.gz); "
     f"(2) install the Debian package dataset-fashion-mnist (apt-get install dataset-fashion-mnist, "
     f"files in {FASHION_MNIST_SYSTEM_DIR}); "
     "(3) connect to the internet so torchvision can download it into the user cache"

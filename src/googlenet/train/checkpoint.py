@@ -74,6 +74,8 @@ def checkpoint_path(resume: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint with weights_only=True (no code in it can run)."""
+    if not Path(path).exists():
+        raise UserError(f"no such run folder: {path}; --resume takes a run folder holding {LAST}")
     path = checkpoint_path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}; --resume takes a run folder holding {LAST}")

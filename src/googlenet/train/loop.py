@@ -510,7 +510,7 @@ class Trainer:
             subset_note += ", under one pass: flips only (no crops/erasing)"
         self.say(f"budget {duration_label(c.budget)}: {step_s:.2f} s/step, {eval_rate:.0f} test img/s -> {total} steps "
                  f"({total * self.train_loader.global_batch} images, {total / per_pass:.3g} passes) in "
-                 f"{epochs} epochs{subset_note}; final test on all {test_images} images")
+                 f"{epochs} epoch{'s' if epochs != 1 else ''}{subset_note}; final test on all {test_images} images")
         if final_eval_s > 0.5 * budget:  # the budget is mostly the final test: the run will overrun or barely train
             passes = 3 if self.config.tta_flip else 1  # flip averaging tests each image three times
             fits = int(0.25 * budget * eval_rate / passes)  # images a quarter of the budget can test
