@@ -380,6 +380,10 @@ def test_our_other_files_given_as_weights_say_what_they_are(tiny, tmp_path, caps
     assert cli_main(["predict", str(run / "last.pt"), str(image)]) == 2
     err = capsys.readouterr().err.strip()
     assert "training checkpoint" in err and str(run / "model.safetensors") in err
+    # The arguments swapped: an image where the weights go.
+    assert cli_main(["predict", str(image), str(weights)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{image} is an image, not a weights file; were the arguments swapped?" in err and len(err.splitlines()) == 1
 
 
 def test_a_folder_without_images_is_reported_as_such(tmp_path):

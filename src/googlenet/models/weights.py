@@ -137,9 +137,14 @@ def _existing(path: str | os.PathLike) -> Path:
 
 
 def _not_weights_message(path: Path, error: Exception) -> str:
+    from ..images import FOLDER_IMAGE_SUFFIXES
+
     other_output = _other_output_message(path)
     if other_output:
         return other_output
+    if path.suffix.lower() in FOLDER_IMAGE_SUFFIXES:  # `predict shoe.png model.safetensors`
+        return (f"{path} is an image, not a weights file; were the arguments swapped? "
+                "(predict takes WEIGHTS first, then the images)")
     hint = ""
     if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
         hint = "; for a torchvision checkpoint run `googlenet import-torchvision FILE.pth OUT.safetensors`"
