@@ -66,10 +66,11 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path, fake_fmnist)
 
     # --resume of a finished run has nothing to do: it says so at once (no final test rerun).
     before = (whole / "model.safetensors").stat().st_mtime_ns
-    again = subprocess.run([sys.executable, "-m", "googlenet", "train", "--resume", str(whole)], env=env,
-                           capture_output=True, text=True, timeout=120)
+    again = subprocess.run([sys.executable, "-m", "googlenet", "train", "--resume", str(whole), "--epochs", "3"],
+                           env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     assert "has finished" in again.stdout and "test accuracy" not in again.stdout
+    assert "note: ignoring --epochs: a finished run is not changed" in again.stdout  # not dropped silently
     assert (whole / "model.safetensors").stat().st_mtime_ns == before
     # A run killed after its last checkpoint but before its final files still finishes.
     (broken / "errors.png").unlink()

@@ -110,6 +110,12 @@ def _unscaled_lr_note(args: argparse.Namespace, config) -> str | None:
             f"set for batch {theirs}; for SGD the usual rescaling is --lr {scaled:.3g}")
 
 
+def _flags_besides_resume(args: argparse.Namespace) -> list[str]:
+    """The configuration flags given with --resume, which it ignores (the run's saved config rules)."""
+    return [f"--{k.replace('_', '-')}" for k in CONFIG_FLAGS + ("recipe", "config", "out")
+            if getattr(args, k, None) is not None] + (["--set"] if args.set else [])
+
+
 def _epochs_and_budget(args: argparse.Namespace, config) -> None:
     """--epochs on the command line with a budget: the budget decides the epochs, so the
     --epochs asked for would be dropped without a word. One line instead."""
@@ -142,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and env_world_size() <= 1:
         weights = checkpoint.finished_weights(args.resume)
         if weights is not None:  # nothing left to train; re-running the final test would cost minutes
+            if _flags_besides_resume(args):
+                print(f"note: ignoring {' '.join(_flags_besides_resume(args))}: a finished run is not changed")
             print(f"{weights.parent} has finished: its model is {weights}; nothing to resume "
                   f"(test it again with `googlenet eval {weights}`, or train on from it in a new run "
                   f"with `googlenet train --weights {weights} --out NEW_RUN`)")
@@ -157,8 +165,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with distributed_session(config) as process:
             if args.resume:
-                given = [f"--{k.replace('_', '-')}" for k in CONFIG_FLAGS + ("recipe", "config", "out")
-                         if getattr(args, k, None) is not None] + (["--set"] if args.set else [])
+                given = _flags_besides_resume(args)
                 has_checkpoint = checkpoint.checkpoint_path(args.resume).is_file()
                 if given and process.is_main and has_checkpoint:  # else: only the missing checkpoint's error
                     print(f"note: --resume continues with the run's saved config; ignoring {' '.join(given)}")
