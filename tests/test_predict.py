@@ -288,17 +288,27 @@ def test_predict_cli_bad_weights_and_flags(tiny, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("as_folder", [False, True])
-def test_our_weights_with_backend_onnxruntime_point_to_torch(tiny, tmp_path, capsys, as_folder):
-    """Not onnxruntime's "Protobuf parsing failed": the file is ours, the backend is wrong."""
+def test_our_weights_with_backend_onnxruntime_are_exported_for_it(tiny, tmp_path, capsys, as_folder):
+    """--backend onnxruntime on .safetensors weights (or a run folder) exports them to ONNX at
+    load, as --backend ncnn converts them; once it said "Protobuf parsing failed", then refused."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
     _, weights = tiny
     if as_folder:
         (tmp_path / "run").mkdir()
         (tmp_path / "run" / "model.safetensors").write_bytes(weights.read_bytes())
         weights = tmp_path / "run"
-    image = write_modes(tmp_path)["rgb.png"]
-    assert cli_main(["predict", str(weights), str(image), "--backend", "onnxruntime"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "PyTorch weights" in err and "--backend torch" in err, err
+    images = write_modes(tmp_path)
+    paths = [images["rgb.png"], images["animated.gif"], images["gray.jpg"]]
+    via_onnx = predict(weights, paths, topk=3, backend="onnxruntime")
+    via_torch = predict(weights, paths, topk=3, device="cpu")
+    for a, b in zip(via_onnx, via_torch):
+        assert a.indices == b.indices and a.probabilities == pytest.approx(b.probabilities, abs=1e-4)
+    classifier = load_classifier(weights, backend="onnxruntime")
+    assert classifier.backend == "ONNX Runtime on the CPU" and classifier.meta["resize"] == RESIZE
+    assert len(classifier(torch.rand(5, 1, SIZE, SIZE))) == 5  # any batch (a dynamic-batch export)
+    assert cli_main(["predict", str(weights), str(paths[0]), "--backend", "onnxruntime", "--json"]) == 0
+    assert '"predictions"' in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------ onnxruntime

@@ -234,7 +234,8 @@ def _export_given_to(weights: str | os.PathLike, backend: str) -> UserError | No
 def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: str = "auto",
                     bf16: bool = False) -> Classifier:
     """A classifier from a weights file (.safetensors for torch, .onnx for onnxruntime;
-    backend "auto" picks by the file's suffix; "ncnn" converts .safetensors weights for ncnn)."""
+    backend "auto" picks by the file's suffix; "onnxruntime" and "ncnn" export or convert
+    .safetensors weights for themselves at load, a few seconds)."""
     backend = pick_backend(weights, backend)
     if backend == "ncnn":
         exported = pick_backend(weights) == "ncnn"  # a .param export, converted already: pnnx not needed
@@ -266,16 +267,16 @@ def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: s
         wrong_backend = _export_given_to(weights, backend)
         if wrong_backend is not None:
             raise wrong_backend
-        if Path(weights).is_dir() or str(weights).lower().endswith(".safetensors"):
-            # onnxruntime would only say "Protobuf parsing failed" about our own weights file.
-            raise UserError(f"{weights} holds PyTorch weights, not an ONNX export; run it with --backend torch "
-                            "(or auto), or export it first with `googlenet export WEIGHTS --format onnx`")
         try:
+            import onnx  # noqa: F401 -- to export our weights
             from .onnx_backend import OnnxClassifier
         except ImportError as e:
             raise UserError(f"--backend onnxruntime is unavailable ({e}); install it with "
                             "`pip install 'googlenet[onnx]'`") from None
-        classifier = OnnxClassifier(weights)
+        if Path(weights).is_dir() or str(weights).lower().endswith(".safetensors"):
+            classifier = _exported_for_onnxruntime(weights)
+        else:
+            classifier = OnnxClassifier(weights)
         meta = dict(classifier.meta)
         names = meta.get("class_names") or []
         num_classes = int(meta.get("num_classes") or len(names))
@@ -288,6 +289,29 @@ def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: s
             raise UserError(f"{weights}: {e}") from None
         return classifier
     raise UserError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+
+
+def _exported_for_onnxruntime(weights: str | os.PathLike):
+    """Our weights exported to ONNX as `googlenet export --dynamic-batch` writes them (a few
+    seconds, checked against PyTorch) and loaded into onnxruntime, which keeps the graph in
+    memory: on the 2-core CPU it evaluated googlenet_cifar at 28 px, batch 256, at 2.05x the
+    torch backend's img/s (BENCHMARKS.md)."""
+    import tempfile
+
+    from .export import export_onnx
+    from .models.weights import load_weights
+    from .onnx_backend import OnnxClassifier
+
+    model = load_weights(weights)  # WeightsError (one line) for anything that is not ours
+    with tempfile.TemporaryDirectory(prefix="googlenet-onnx-") as folder:
+        try:
+            path = export_onnx(model, Path(folder) / "model.onnx", dynamic_batch=True)
+        except UserError as e:  # its metadata (mean/std, class names) does not fit: name the file
+            raise UserError(f"{weights}: {e}") from None
+        except (RuntimeError, OSError) as e:
+            raise RunError(f"{weights}: the ONNX export failed ({first_line(e)}); run it with --backend torch "
+                           "instead") from None
+        return OnnxClassifier(path)
 
 
 def _check_ncnn(converter: bool) -> None:

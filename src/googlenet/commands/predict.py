@@ -23,10 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per line per file, with its path")
     p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "ncnn"), default="auto",
                    help="torch runs .safetensors weights, onnxruntime an .onnx export, ncnn a .param export "
-                   "(default auto: by the file's suffix); --backend ncnn also converts .safetensors weights "
-                   "for ncnn on the CPU: a few seconds at start-up (none for a `googlenet export --format "
-                   "ncnn` file), then the lowest exact per-image latency here (needs `pip install "
-                   "'googlenet[ncnn]'`)")
+                   "(default auto: by the file's suffix); --backend onnxruntime or ncnn also exports "
+                   ".safetensors weights for itself on the CPU: a few seconds at start-up (none for a "
+                   "`googlenet export` file); ncnn then has the lowest exact per-image latency here, "
+                   "onnxruntime the highest batched img/s (needs `pip install 'googlenet[onnx]'` or "
+                   "'googlenet[ncnn]')")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (torch backend; ONNX Runtime and ncnn run on the CPU; default auto)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N",
                    help="images per forward pass (ncnn runs them one at a time)")
