@@ -7,6 +7,7 @@ import io
 import json
 import os
 import struct
+import sys
 import tempfile
 import zlib
 from pathlib import Path
@@ -313,7 +314,7 @@ def test_our_weights_with_backend_onnxruntime_are_exported_for_it(tiny, tmp_path
 
 # ------------------------------------------------------------------ onnxruntime
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the legacy exporter, as export.py uses it
-def test_onnxruntime_backend_matches_torch(tiny, tmp_path):
+def test_onnxruntime_backend_matches_torch(tiny, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
     backend = pytest.importorskip("googlenet.onnx_backend")
@@ -340,6 +341,8 @@ def test_onnxruntime_backend_matches_torch(tiny, tmp_path):
     assert cli_main(["predict", str(path), str(paths[0]), "--backend", "onnxruntime", "--json"]) == 0
     assert cli_main(["predict", str(path), str(paths[0]), "--json"]) == 0  # .onnx: onnxruntime by default
     assert load_classifier(path).meta["resize"] == RESIZE
+    monkeypatch.setitem(sys.modules, "onnx", None)  # a deployment with onnxruntime alone runs .onnx files
+    assert load_classifier(path, backend="onnxruntime").meta["resize"] == RESIZE
 
 
 # ------------------------------------------------------------------ ncnn

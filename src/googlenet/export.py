@@ -117,6 +117,17 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, opset: int = DEFAULT_O
     return path
 
 
+def open_in_onnxruntime(model: nn.Module, dynamic_batch: bool = True, meta: dict | None = None,
+                        threads: int | None = None):
+    """`model` exported (and verified) as `export_onnx` writes it, into a temporary folder, and
+    opened in an onnxruntime session, which keeps the graph in memory: an OnnxClassifier."""
+    from .onnx_backend import OnnxClassifier
+
+    with tempfile.TemporaryDirectory(prefix="googlenet-onnx-") as folder:
+        path = export_onnx(model, Path(folder) / "model.onnx", dynamic_batch=dynamic_batch, meta=meta)
+        return OnnxClassifier(path, threads=threads)
+
+
 def _torch_onnx_export(net: nn.Module, x: torch.Tensor, path: str, opset: int,
                        dynamic_batch: bool, dynamo: bool) -> None:
     kwargs: dict = dict(input_names=["input"], output_names=["logits"], opset_version=opset, dynamo=dynamo)

@@ -267,16 +267,15 @@ def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: s
         wrong_backend = _export_given_to(weights, backend)
         if wrong_backend is not None:
             raise wrong_backend
+        ours = Path(weights).is_dir() or str(weights).lower().endswith(".safetensors")
         try:
-            import onnx  # noqa: F401 -- to export our weights
+            if ours:
+                import onnx  # noqa: F401 -- our weights are exported first; running an .onnx file needs no onnx
             from .onnx_backend import OnnxClassifier
         except ImportError as e:
             raise UserError(f"--backend onnxruntime is unavailable ({e}); install it with "
                             "`pip install 'googlenet[onnx]'`") from None
-        if Path(weights).is_dir() or str(weights).lower().endswith(".safetensors"):
-            classifier = _exported_for_onnxruntime(weights)
-        else:
-            classifier = OnnxClassifier(weights)
+        classifier = _exported_for_onnxruntime(weights) if ours else OnnxClassifier(weights)
         meta = dict(classifier.meta)
         names = meta.get("class_names") or []
         num_classes = int(meta.get("num_classes") or len(names))
@@ -296,22 +295,17 @@ def _exported_for_onnxruntime(weights: str | os.PathLike):
     seconds, checked against PyTorch) and loaded into onnxruntime, which keeps the graph in
     memory: on the 2-core CPU it evaluated googlenet_cifar at 28 px, batch 256, at 2.05x the
     torch backend's img/s (BENCHMARKS.md)."""
-    import tempfile
-
-    from .export import export_onnx
+    from .export import open_in_onnxruntime
     from .models.weights import load_weights
-    from .onnx_backend import OnnxClassifier
 
     model = load_weights(weights)  # WeightsError (one line) for anything that is not ours
-    with tempfile.TemporaryDirectory(prefix="googlenet-onnx-") as folder:
-        try:
-            path = export_onnx(model, Path(folder) / "model.onnx", dynamic_batch=True)
-        except UserError as e:  # its metadata (mean/std, class names) does not fit: name the file
-            raise UserError(f"{weights}: {e}") from None
-        except (RuntimeError, OSError) as e:
-            raise RunError(f"{weights}: the ONNX export failed ({first_line(e)}); run it with --backend torch "
-                           "instead") from None
-        return OnnxClassifier(path)
+    try:
+        return open_in_onnxruntime(model, dynamic_batch=True)
+    except UserError as e:  # its metadata (mean/std, class names) does not fit: name the file
+        raise UserError(f"{weights}: {e}") from None
+    except (RuntimeError, OSError) as e:
+        raise RunError(f"{weights}: the ONNX export failed ({first_line(e)}); run it with --backend torch "
+                       "instead") from None
 
 
 def _check_ncnn(converter: bool) -> None:

@@ -1,7 +1,6 @@
 """`optimize(model, device, mode)`: the one entry point to the fast paths."""
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Mapping
 
 import torch
@@ -153,17 +152,11 @@ class _OnnxRuntimeRunner:
     def session_for(self, batch: int) -> Callable[[Tensor], Tensor]:
         dynamic = batch != 1
         if dynamic not in self.sessions:
-            import tempfile
-
-            from ..export import export_metadata, export_onnx, inference_network
-            from ..onnx_backend import OnnxClassifier
+            from ..export import export_metadata, inference_network, open_in_onnxruntime
 
             size = self.input_size
             meta = export_metadata(inference_network(self.source), input_size=size, resize=size)
-            with tempfile.TemporaryDirectory() as folder:  # the session keeps the graph in memory
-                path = export_onnx(self.source, os.path.join(folder, "model.onnx"), dynamic_batch=dynamic,
-                                   meta=meta)
-                self.sessions[dynamic] = OnnxClassifier(path, threads=torch.get_num_threads())
+            self.sessions[dynamic] = open_in_onnxruntime(self.source, dynamic, meta, threads=torch.get_num_threads())
         return self.sessions[dynamic]
 
     def __call__(self, x: Tensor) -> Tensor:
