@@ -148,8 +148,9 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and env_world_size() <= 1:
         weights = checkpoint.finished_weights(args.resume)
         if weights is not None:  # nothing left to train; re-running the final test would cost minutes
-            if _flags_besides_resume(args):
-                print(f"note: ignoring {' '.join(_flags_besides_resume(args))}: a finished run is not changed")
+            given = _flags_besides_resume(args)
+            if given:
+                print(f"note: ignoring {' '.join(given)}: a finished run is not changed")
             print(f"{weights.parent} has finished: its model is {weights}; nothing to resume "
                   f"(test it again with `googlenet eval {weights}`, or train on from it in a new run "
                   f"with `googlenet train --weights {weights} --out NEW_RUN`)")

@@ -115,7 +115,7 @@ def parse_duration(text: str | float | int) -> float:
     if isinstance(text, (int, float)):
         return float(text)
     match = DURATION.fullmatch(str(text))
-    if match and float(match.group(1)) <= 0 or str(text).strip().startswith("-"):
+    if (match and float(match.group(1)) <= 0) or str(text).strip().startswith("-"):
         raise UserError(f"the duration must be positive, not {text!r}; write e.g. 90s, 10m or 1.5h")
     if not match:
         raise UserError(f"cannot read the duration {text!r}; write e.g. 90s, 10m or 1.5h")
