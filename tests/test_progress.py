@@ -18,7 +18,17 @@ def test_plain_lines_say_done_total_rate_and_time_left(monkeypatch):
         bar.update(100)
     # 30 s: under a minute, no line; 61 s: 200 done at 3.3 img/s; 90 s: within a minute of the
     # last line; 125 s: all done, nothing more to say.
-    assert out.getvalue().splitlines() == ["  eval: 200/400 img, 3.3 img/s, ~1.0 min left"]
+    assert out.getvalue().splitlines() == ["  eval: 200/400 img, 3.3 img/s, 1.0 min in, ~1.0 min left"]
+
+
+def test_a_postfix_ends_the_next_line_and_say_receives_it(monkeypatch):
+    clock = iter([0.0, 61.0])
+    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: next(clock))
+    said = []
+    bar = PlainProgress(total=400, desc="epoch 1/3", say=said.append)
+    bar.set_postfix_str("~2.0 h left in the whole run")
+    bar.update(100)
+    assert said == ["  epoch 1/3: 100/400 img, 1.6 img/s, 1.0 min in, ~3.0 min left, ~2.0 h left in the whole run"]
 
 
 def test_a_terminal_gets_a_bar_a_log_gets_lines_and_the_api_gets_nothing(monkeypatch):

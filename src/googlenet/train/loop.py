@@ -29,6 +29,7 @@ from ..data.gpu_loader import TensorLoader
 from ..errors import RunError, UserError, first_line
 from ..fileio import atomic_write
 from ..models import GoogLeNetOutputs, check_input_size, googlenet_loss
+from ..progress import progress
 from . import checkpoint as ckpt
 from . import graphed, guard
 from .ema import WeightAverage
@@ -37,7 +38,6 @@ from .setup import LRSchedule, autocast_dtype, build_loaders, build_model, build
 
 METRICS_FIELDS = ("epoch", "step", "images", "train_loss", "train_acc", "test_loss", "test_top1", "test_top5",
                   "test_images", "lr", "img_per_s", "epoch_s", "elapsed_s")
-PLAIN_PROGRESS_EVERY_S = 60.0  # progress lines when stdout is not a terminal
 CALIBRATION_STEPS = {"cpu": 6, "cuda": 28}  # steps timed to fit a budget (the first call per setting is warm-up)
 # Steps per timed call. A GPU is timed over blocks: within one the host queues a step while the
 # GPU runs the one before, as in training (a step timed alone has the two back to back).
@@ -325,8 +325,6 @@ class Trainer:
         """`steps` optimizer steps from self.step, adding loss/accuracy to the epoch sums."""
         if steps <= 0:
             return
-        from tqdm import tqdm
-
         started = time.perf_counter()
         model, c = self.step_model, self.config
         self.model.train()
@@ -335,13 +333,11 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
-        bar = tqdm(total=steps * self.train_loader.global_batch, desc=desc, unit="img", unit_scale=True,
-                   leave=False, dynamic_ncols=True, disable=not (show and self.process.is_main) or None,
-                   file=sys.stderr)
-        # Without a terminal (a log file, nohup, CI) tqdm stays silent: print a plain line
-        # now and then instead, so a long epoch does not look like a hang.
-        plain_progress = show and self.process.is_main and bar.disable
-        last_report, done_images = started, 0
+        # A bar on a terminal; in a log file (nohup, CI) a plain line a minute, so a long epoch
+        # does not look like a hang.
+        bar = progress(steps * self.train_loader.global_batch, desc, enabled=show and self.process.is_main,
+                       say=self.say)
+        first_step = self.step
         # --on-nan stop reads each step's flags a step late (the host never waits for the GPU);
         # skip must know before the update, so it waits every step.
         read_late = self.nan_guard.policy == "stop"
@@ -381,20 +377,11 @@ class Trainer:
                 seen += len(y_step)
             self.scheduler.step()
             self.step += 1
+            # The epoch's ETA alone hides how long a many-epoch run is (hours on a CPU).
+            run_left = show and self._run_time_left((time.perf_counter() - started) / (self.step - first_step))
+            if run_left:
+                bar.set_postfix_str(f"{run_left} left in the whole run", refresh=False)
             bar.update(len(y_step) * self.process.world_size)
-            done_images += len(y_step) * self.process.world_size
-            now = time.perf_counter()
-            if show and self.process.is_main and now - last_report >= PLAIN_PROGRESS_EVERY_S:
-                last_report = now
-                # The epoch's ETA alone hides how long a many-epoch run is (hours on a CPU).
-                run_left = self._run_time_left((now - started) / (done_images / self.train_loader.global_batch))
-                if plain_progress:
-                    total_images, rate = steps * self.train_loader.global_batch, done_images / (now - started)
-                    self.say(f"  {desc}: {done_images}/{total_images} images, {_figure(rate)} img/s, "
-                             f"{(now - started) / 60:.1f} min in, ~{(total_images - done_images) / rate / 60:.1f} "
-                             f"min left" + (f", {run_left} in the whole run" if run_left else ""))
-                elif run_left:
-                    bar.set_postfix_str(f"{run_left} left in the run", refresh=False)
             if self._stopping():
                 break
         bar.close()
@@ -632,16 +619,12 @@ class Trainer:
         k = min(5, num_classes)
         totals = torch.zeros(4, device=self.device, dtype=torch.float64)  # loss, top1, top5, images
         predictions, targets = [], []
-        from tqdm import tqdm
-
-        # A full test set takes a minute on a CPU: a bar on a terminal (none in a log file).
+        # A full test set takes a minute on a CPU: a bar on a terminal, a line a minute in a log.
         images = self.info.test_size if limit is None else min(limit, self.info.test_size)
-        bar = tqdm(total=images if self.process.world_size == 1 else None, desc="test", unit="img",
-                   unit_scale=True, leave=False, dynamic_ncols=True, file=sys.stderr,
-                   disable=not self.process.is_main or None)
+        bar = progress(images, "test", enabled=self.process.is_main, say=self.say)
         self.stop_signals.phase = f"test ({images} images)"  # what a stop request waits for now
         for x, y in self.test_loader.eval_batches(limit):
-            bar.update(len(y))
+            bar.update(len(y) * self.process.world_size)  # each process tests its share
             with torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
                 logits = model(x).float()
                 if tta_flip:
