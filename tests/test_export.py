@@ -155,6 +155,21 @@ def test_onnx_cli_opset_fixed_batch_and_metadata(tmp_path, weights_file, capsys)
         torch.testing.assert_close(runtime(x), model.eval()(x), atol=1e-4, rtol=1e-4)
 
 
+def test_an_export_that_fails_verification_never_replaces_the_out_file(tmp_path, weights_file, capsys,
+                                                                        monkeypatch):
+    """The check against PyTorch runs before the rename: a good file already at --out stays."""
+    from googlenet import export
+
+    out = tmp_path / "m.onnx"
+    assert run_cli(capsys, "export", str(weights_file), "--out", str(out))[0] == 0
+    good = out.read_bytes()
+    monkeypatch.setattr(export, "scaled_difference", lambda *args: 1.0)  # onnxruntime "disagrees"
+    code, _, err = run_cli(capsys, "export", str(weights_file), "--out", str(out))
+    assert code == 1 and f"{out}: onnxruntime differs from PyTorch" in err, err
+    assert out.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temporary file left
+
+
 def test_default_output_name_next_to_weights(tmp_path, capsys):
     weights = tmp_path / "run.safetensors"
     googlenet.save_weights(tiny_model("googlenet_cifar"), weights)

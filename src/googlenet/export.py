@@ -110,11 +110,10 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, opset: int = DEFAULT_O
         proto.doc_string = f"GoogLeNet {meta['model']} inference network, exported by googlenet"
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, tmp)
+        if verify:  # before the rename: a file that computes something else never replaces `out`
+            verify_onnx(tmp, net, batches=(1, 3) if dynamic_batch else (1,), shown_as=out)
 
-    path = atomic_write(out, write)
-    if verify:
-        verify_onnx(path, net, batches=(1, 3) if dynamic_batch else (1,))
-    return path
+    return atomic_write(out, write)
 
 
 def open_in_onnxruntime(model: nn.Module, dynamic_batch: bool = True, meta: dict | None = None,
@@ -163,9 +162,10 @@ def scaled_difference(got: torch.Tensor, net: nn.Module, x: torch.Tensor) -> flo
 
 
 def verify_onnx(path: str | os.PathLike, net: nn.Module, batches: tuple[int, ...] = (1,),
-                tolerance: float = ONNX_TOLERANCE) -> float:
+                tolerance: float = ONNX_TOLERANCE, shown_as: str | os.PathLike | None = None) -> float:
     """Largest |onnxruntime - PyTorch| over random batches, scaled by the logits' size;
-    RunError when it exceeds `tolerance`. Returns the worst scaled difference."""
+    RunError (naming `shown_as`, default `path`) when it exceeds `tolerance`. Returns the
+    worst scaled difference."""
     from .onnx_backend import OnnxClassifier
 
     runtime = OnnxClassifier(path, threads=1)  # a few small batches: one thread is enough
@@ -174,7 +174,7 @@ def verify_onnx(path: str | os.PathLike, net: nn.Module, batches: tuple[int, ...
         x = example_input(runtime.meta, batch)
         worst = max(worst, scaled_difference(runtime(x), net, x))
     if worst > tolerance:
-        raise RunError(f"{path}: onnxruntime differs from PyTorch by {worst:.2e} (> {tolerance:.0e}); "
+        raise RunError(f"{shown_as or path}: onnxruntime differs from PyTorch by {worst:.2e} (> {tolerance:.0e}); "
                        "try another --opset")
     return worst
 
