@@ -180,6 +180,25 @@ def test_missing_cifar_says_where_to_get_it(tmp_path):
         load_dataset("cifar10", "train", data_dir=tmp_path)
 
 
+def test_a_partly_extracted_cifar_folder_names_the_missing_batch(tmp_path):
+    folder = make_fake_cifar10(tmp_path)
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(UserError, match="data_batch_3 is missing; re-extract"):
+        load_dataset("cifar10", "train", data_dir=tmp_path)
+
+
+def test_a_truncated_cifar_tarball_is_one_line_not_a_traceback(tmp_path):
+    folder = make_fake_cifar10(tmp_path / "dir")
+    tarball = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    data = tarball.read_bytes()
+    tarball.write_bytes(data[: len(data) * 2 // 3])  # a download cut off: still starts like a tar
+    assert tarfile.is_tarfile(tarball)
+    with pytest.raises(UserError, match="damaged or truncated.*download it again"):
+        load_dataset("cifar10", "train", data_dir=tmp_path)
+
+
 # ------------------------------------------------------------------ ImageFolder
 def make_image_folder(root: Path, classes=("cat", "dog"), per_class: int = 2, size: int = 40) -> Path:
     from PIL import Image

@@ -14,6 +14,7 @@ import io
 import os
 import pickle
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -319,15 +320,18 @@ def _cifar_members(source: Path, is_tar: bool, names: list[str]) -> Iterator[tup
                 raise UserError(f"{path} is missing; re-extract the CIFAR archive")
             yield str(path), path.read_bytes()
         return
-    with tarfile.open(source, "r:*") as tar:
-        by_base = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
-        for member in names:
-            info = by_base.get(member)
-            if info is None:
-                raise UserError(f"{source} has no member {member}; download the archive again")
-            f = tar.extractfile(info)
-            assert f is not None
-            yield f"{source}:{info.name}", f.read()
+    try:
+        with tarfile.open(source, "r:*") as tar:
+            by_base = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+            for member in names:
+                info = by_base.get(member)
+                if info is None:
+                    raise UserError(f"{source} has no member {member}; download the archive again")
+                f = tar.extractfile(info)
+                assert f is not None
+                yield f"{source}:{info.name}", f.read()
+    except (tarfile.TarError, EOFError, zlib.error) as e:  # a cut-off download passes is_tarfile
+        raise UserError(f"{source} is damaged or truncated ({first_line(e)}); download it again") from None
 
 
 def _cifar(name: str, split: str, data_dir: str | os.PathLike | None) -> ArrayDataset:
@@ -335,6 +339,9 @@ def _cifar(name: str, split: str, data_dir: str | os.PathLike | None) -> ArrayDa
     _, _, train_members, test_members, meta_member, labels_key, names_key = _CIFAR_LAYOUT[name]
     members = train_members if split == "train" else test_members
     sources = [source] if is_tar else [source / m for m in members]
+    for path in sources:  # named here, before the decode cache's key reads their sizes
+        if not path.is_file():
+            raise UserError(f"{path} is missing; re-extract the CIFAR archive")
 
     def decode() -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = [], []
