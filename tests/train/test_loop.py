@@ -49,6 +49,22 @@ def test_a_run_writes_everything(fmnist_dir, tmp_path):
         train(config, out=run)
 
 
+def test_with_a_per_epoch_test_subset_the_last_epoch_tests_everything_once(fmnist_dir, tmp_path, monkeypatch):
+    """Earlier epochs test the subset; the last tests all images, and that test is the final
+    one (it used to test the subset, then all images again, outside the budget's plan)."""
+    from googlenet.train.loop import Trainer
+
+    limits = []
+    evaluate = Trainer.evaluate
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, model, limit, **kw: limits.append(limit)
+                        or evaluate(self, model, limit, **kw))
+    config = resolve_config(flags={**TINY, "data": str(fmnist_dir), "epochs": 2}, overrides=["eval_subset=16"])
+    train(config, out=tmp_path / "run")
+    assert limits == [16, None]
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert [r["test_images"] for r in rows] == ["16", "24"]
+
+
 def test_budget_fits_the_whole_schedule(fmnist_dir, tmp_path):
     config = resolve_config(flags={**TINY, "data": str(fmnist_dir), "budget": "12s"})
     result = train(config, out=tmp_path / "run")

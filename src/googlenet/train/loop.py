@@ -287,7 +287,7 @@ class Trainer:
         last = epoch + 1 == plan.epochs
         result = None
         if last or (epoch + 1) % c.eval_every == 0:
-            limit = None if last and plan.eval_subset is None else plan.eval_subset
+            limit = None if last else plan.eval_subset  # the last epoch's test is the final one
             result = self.evaluate(self.eval_model, limit, collect=limit is None)
         row = {
             "epoch": epoch + 1, "step": self.step, "images": images * self.process.world_size,
