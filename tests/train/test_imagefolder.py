@@ -65,3 +65,20 @@ def test_limits_on_an_image_folder_keep_every_class(tmp_path):
     assert len(_limited(image_folder(data, "val"), 100).samples) == 12  # a limit above the count keeps all
     _, count, batches = _image_folder_batches(data, 3, [])
     assert count == 3 and sorted(int(label) for _, label in batches(3)) == [0, 1, 2]
+
+
+def test_a_per_epoch_test_subset_of_an_image_folder_spans_every_class(tmp_path):
+    """The budget's per-epoch test subset took the first N files: the first classes alone."""
+    from torchvision.transforms import v2
+
+    from googlenet.data.datasets import image_folder
+    from googlenet.data.folder_loader import FolderLoader
+
+    data = _folder(tmp_path / "imgs")
+    to_tensor = v2.Compose([v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)])
+    loader = FolderLoader(image_folder(data, "val"), 2, "cpu", eval_transform=to_tensor, workers=0)
+    assert sorted(int(y) for _, ys in loader.eval_batches(3) for y in ys) == [0, 1, 2]
+    assert sum(len(ys) for _, ys in loader.eval_batches(None)) == 12
+    halves = [FolderLoader(image_folder(data, "val"), 2, "cpu", eval_transform=to_tensor, workers=0,
+                           rank=rank, world_size=2) for rank in (0, 1)]
+    assert sorted(int(y) for h in halves for _, ys in h.eval_batches(6) for y in ys) == [0, 0, 1, 1, 2, 2]

@@ -17,7 +17,7 @@ import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -394,8 +394,8 @@ def _shorter_folder_error(message: str) -> str:
             f"(image files end in {found.group(2)})")
 
 
-def spread_over_classes(samples: list, limit: int | None) -> list:
-    """`limit` of an image folder's (path, label) samples, evenly spaced over the list.
+def spread_over_classes(samples: Sequence, limit: int | None) -> list:
+    """`limit` of an image folder's (path, label) samples (or indices), evenly spaced over the list.
     ImageFolder sorts them class by class, so the first N would be one class alone; evenly
     spaced picks keep every class (when N allows) and the same files every run."""
     if limit is None or limit >= len(samples):

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from .datasets import spread_over_classes
 from .gpu_loader import GlobalBatchMixin, SampleStream, mix_seed
 
 
@@ -89,9 +90,11 @@ class FolderLoader(GlobalBatchMixin):
             yield self._to_device(x, y)
 
     def eval_batches(self, limit: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
-        n = min(len(self), limit or len(self))
-        per_rank = math.ceil(n / self.world_size)
-        indices = list(range(self.rank * per_rank, min(n, (self.rank + 1) * per_rank)))
+        """`limit` test images (all if None) spread over the class-sorted files, so a
+        per-epoch subset tests every class; each rank takes a contiguous block of them."""
+        chosen = spread_over_classes(range(len(self)), limit)
+        per_rank = math.ceil(len(chosen) / self.world_size)
+        indices = chosen[self.rank * per_rank: (self.rank + 1) * per_rank]
         for x, y in self._loader(indices, self.eval_transform, self.seed):
             yield self._to_device(x, y)
 
