@@ -33,10 +33,11 @@ def plot_curves(history: Sequence[dict], path: str | Path) -> Path:
     plt = _pyplot()
     epochs = [int(r["epoch"]) for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [_value(r, "train_loss") for r in history], "o-", label="train loss")
+    ax_loss.plot(epochs, [_value(r, "train_loss") for r in history], "o-",
+                 label="train: objective (incl. aux heads, label smoothing)")
     test_loss = [(e, _value(r, "test_loss")) for e, r in zip(epochs, history) if _value(r, "test_loss") is not None]
     if test_loss:
-        ax_loss.plot(*zip(*test_loss), "s-", label="test loss")
+        ax_loss.plot(*zip(*test_loss), "s-", label="test: cross-entropy (main head)")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
     ax_loss.legend()
