@@ -129,6 +129,32 @@ def test_reset_classifier_replaces_head_and_aux():
     assert model(torch.rand(1, 3, 32, 32)).shape == (1, 3)
 
 
+def test_no_classes_means_no_classifier_as_in_timm(tmp_path):
+    """num_classes=0 (or reset_classifier(0)): the pooled 1024 features, train mode included,
+    in the plain model and its folded fast form; it used to return an N x 0 tensor."""
+    from googlenet.fast.folded import FoldedGoogLeNet
+
+    x = torch.rand(2, 3, 32, 32)
+    model = googlenet.create_model("googlenet_cifar", num_classes=0)
+    assert model.aux1 is None and model.aux2 is None and isinstance(model.fc, nn.Identity)
+    assert model.train()(x).shape == (2, 1024)
+    model.eval()
+    with torch.no_grad():
+        features = model(x)
+        assert torch.equal(features, model.forward_head(model.forward_features(x), pre_logits=True))
+        torch.testing.assert_close(FoldedGoogLeNet(model).eval()(x), features, atol=1e-5, rtol=1e-5)
+    googlenet.save_weights(model, tmp_path / "features.safetensors")
+    assert googlenet.load_weights(tmp_path / "features.safetensors").eval()(x).shape == (2, 1024)
+
+    classifier = googlenet.create_model("googlenet_cifar", num_classes=10)
+    classifier.reset_classifier(0)
+    assert classifier.eval()(x).shape == (2, 1024) and classifier.aux1 is None
+    classifier.reset_classifier(4)  # and back
+    assert classifier.fc.out_features == 4 and classifier.aux1.fc2.out_features == 4
+    with pytest.raises(ValueError, match="num_classes must be >= 0"):
+        googlenet.create_model("googlenet_cifar", num_classes=-1)
+
+
 def _count(model, kind):
     return sum(isinstance(m, kind) for m in model.modules())
 

@@ -118,16 +118,16 @@ class FoldedGoogLeNet(nn.Module):
             elif not isinstance(module, nn.Identity):
                 layers.append(module)  # pools and LRN have no weights
         self.trunk = nn.Sequential(*layers)
-        fc = model.fc
-        self.register_buffer("fc_weight", fc.weight.detach().clone())
-        self.register_buffer("fc_bias", fc.bias.detach().clone())
+        fc = model.fc  # nn.Identity for num_classes=0: the pooled features are the output
+        self.register_buffer("fc_weight", fc.weight.detach().clone() if isinstance(fc, nn.Linear) else None)
+        self.register_buffer("fc_bias", fc.bias.detach().clone() if isinstance(fc, nn.Linear) else None)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.source_transform is not None:
             x = self.source_transform(x)
         x = self.trunk(x)
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-        return F.linear(x, self.fc_weight, self.fc_bias)
+        return x if self.fc_weight is None else F.linear(x, self.fc_weight, self.fc_bias)
 
     def conv_layers(self) -> list[ConvReLU]:
         return [m for m in self.modules() if isinstance(m, ConvReLU)]

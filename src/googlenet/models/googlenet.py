@@ -61,6 +61,8 @@ class GoogLeNet(nn.Module):
         super().__init__()
         if transform_input and in_chans != 3:
             raise ValueError("transform_input needs in_chans=3 (it re-normalises RGB)")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0 (0: no classifier), not {num_classes}")
         self.variant = variant
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -116,22 +118,28 @@ class GoogLeNet(nn.Module):
 
         self.aux1: InceptionAux | None = None
         self.aux2: InceptionAux | None = None
-        if aux_logits:
-            self.aux1 = self._make_aux(m["4a"].out_channels, num_classes, dropout_aux)
-            self.aux2 = self._make_aux(m["4d"].out_channels, num_classes, dropout_aux)
+        self.dropout_aux = dropout_aux
+        self._make_aux_heads(num_classes)
 
         # Head: global average pool, dropout, linear.
         self.num_features = spec.FEATURES
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(p=dropout)
-        self.fc = nn.Linear(self.num_features, num_classes)
-        self.dropout_aux = dropout_aux
+        self.fc = self._classifier(num_classes)
 
         self._init_weights()
 
-    def _make_aux(self, in_channels: int, num_classes: int, dropout: float) -> InceptionAux:
-        v = self.variant
-        return InceptionAux(in_channels, num_classes, dropout, v.norm, v.aux_pool, v.bn_eps)
+    # With num_classes 0, as in timm, there is no classifier: the model returns its pooled
+    # 1024 features, and has no aux heads.
+    def _classifier(self, num_classes: int) -> nn.Module:
+        return nn.Linear(spec.FEATURES, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _make_aux_heads(self, num_classes: int) -> None:
+        self.aux1 = self.aux2 = None
+        if self.aux_logits and num_classes > 0:
+            m, v = spec.INCEPTION_BY_NAME, self.variant
+            self.aux1 = InceptionAux(m["4a"].out_channels, num_classes, self.dropout_aux, v.norm, v.aux_pool, v.bn_eps)
+            self.aux2 = InceptionAux(m["4d"].out_channels, num_classes, self.dropout_aux, v.norm, v.aux_pool, v.bn_eps)
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -237,16 +245,19 @@ class GoogLeNet(nn.Module):
 
     # ---------------------------------------------------------------- utilities
     def reset_classifier(self, num_classes: int) -> None:
-        """New, freshly initialised classifier (and aux heads) for `num_classes`."""
+        """New, freshly initialised classifier (and aux heads) for `num_classes` (0: none, the
+        model returns its pooled features)."""
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, not {num_classes}")
         self.num_classes = num_classes
         self._record_option("num_classes", num_classes)
-        device = self.fc.weight.device
-        self.fc = nn.Linear(self.num_features, num_classes).to(device)
-        nn.init.normal_(self.fc.weight, std=0.01)
-        nn.init.zeros_(self.fc.bias)
-        if self.aux1 is not None and self.aux2 is not None:
-            self.aux1 = self._make_aux(self.aux1.conv.conv.in_channels, num_classes, self.dropout_aux).to(device)
-            self.aux2 = self._make_aux(self.aux2.conv.conv.in_channels, num_classes, self.dropout_aux).to(device)
+        device = self.conv1.conv.weight.device
+        self._make_aux_heads(num_classes)
+        self.fc = self._classifier(num_classes)
+        if isinstance(self.fc, nn.Linear):
+            nn.init.normal_(self.fc.weight, std=0.01)
+            nn.init.zeros_(self.fc.bias)
+        self.to(device)
 
     def drop_aux(self) -> None:
         """Remove the auxiliary heads (they are only used for training)."""
