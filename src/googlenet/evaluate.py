@@ -213,13 +213,14 @@ class EvalResult:
         return [c / t if t else None for c, t in zip(self.per_class_correct, self.per_class_total)]
 
     @property
-    def images_per_second(self) -> float:
+    def views_per_second(self) -> float:
+        """Forward passes' worth of single images a second: images x crops x models."""
         return self.num_images * self.crops * max(1, len(self.models)) / self.seconds if self.seconds else 0.0
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out.update(top1_error=self.top1_error, top5_error=self.top5_error,
-                   per_class_accuracy=self.per_class_accuracy, views_per_second=self.images_per_second)
+                   per_class_accuracy=self.per_class_accuracy, views_per_second=self.views_per_second)
         return out
 
 
@@ -423,7 +424,7 @@ def format_result(result: EvalResult, max_confusion_classes: int = 20, max_table
     ]
     if result.seconds:
         ran = "; ".join(dict.fromkeys(result.backends))  # each backend once, in order
-        lines.append(f"time {result.seconds:.1f} s ({result.images_per_second:,.0f} views/s"
+        lines.append(f"time {result.seconds:.1f} s ({result.views_per_second:,.0f} views/s"
                      + (f"; {ran})" if ran else ")"))
     width = max([len(n) for n in result.class_names] + [5])
     rows = list(zip(result.class_names, result.per_class_accuracy, result.per_class_correct,

@@ -96,7 +96,8 @@ class Plan:
 
 
 @dataclass
-class EvalResult:
+class EpochTest:
+    """One test during training, in percent (googlenet.evaluate.EvalResult holds fractions)."""
     top1: float  # %
     top5: float  # %
     loss: float
@@ -251,7 +252,7 @@ class Trainer:
                  f"run folder {self.run_dir}")
         for note in self.notes:
             self.say(note)
-        final: EvalResult | None = None
+        final: EpochTest | None = None
         with self.stop_signals:
             if self.plan is None:
                 self.plan = self._plan_budget() if c.budget else Plan.fixed(
@@ -270,7 +271,7 @@ class Trainer:
             self.say(f"test-time flip averaging: top-1 {flipped.top1:.2f}% (without: {final.top1:.2f}%)")
         return self._finish(final)
 
-    def _run_epoch(self) -> EvalResult | None:
+    def _run_epoch(self) -> EpochTest | None:
         plan, c = self.plan, self.config
         epoch = self.epoch
         end = plan.epoch_ends[epoch]
@@ -613,7 +614,7 @@ class Trainer:
     # ---------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, model: nn.Module, limit: int | None, collect: bool = False,
-                 tta_flip: bool = False) -> EvalResult:
+                 tta_flip: bool = False) -> EpochTest:
         model.eval()
         num_classes = len(self.info.class_names)
         k = min(5, num_classes)
@@ -642,7 +643,7 @@ class Trainer:
         self.stop_signals.phase = guard.StopSignals.phase
         totals = self.process.all_reduce_sum(totals)
         n = max(1.0, float(totals[3]))
-        result = EvalResult(100 * float(totals[1]) / n, 100 * float(totals[2]) / n, float(totals[0]) / n,
+        result = EpochTest(100 * float(totals[1]) / n, 100 * float(totals[2]) / n, float(totals[0]) / n,
                             int(totals[3]))
         if collect:
             empty = torch.empty(0, dtype=torch.long, device=self.device)
@@ -733,7 +734,7 @@ class Trainer:
                       f"the epoch's {self.plan.epoch_ends[self.epoch] - ended} steps done)")
         self.say(f"resuming {self.run_dir} {where}")
 
-    def _finish(self, final: EvalResult) -> TrainResult:
+    def _finish(self, final: EpochTest) -> TrainResult:
         weights = self.run_dir / ckpt.RUN_WEIGHTS
         if self.process.is_main:
             from ..models import save_weights
@@ -756,7 +757,7 @@ class Trainer:
         return TrainResult(self.run_dir, weights, final.top1, final.top5, final.images, self.elapsed(),
                            self.history)
 
-    def _write_plots(self, final: EvalResult) -> list[Path]:
+    def _write_plots(self, final: EpochTest) -> list[Path]:
         from .. import report
 
         names = self.info.class_names
