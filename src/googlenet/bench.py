@@ -32,16 +32,14 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .device import resolve_device
 from .errors import UserError, first_line
 from .fast import optimize
 from .fast.cuda_graph import CUDAGraphRunner
-from .models import create_model
+from .models import create_model, googlenet_loss
 
-AUX_WEIGHT = 0.3  # the paper's auxiliary loss weight
 EXACT_RTOL = 1e-4  # fp32 rows: max |ours - torchvision| <= 1e-4 x max |torchvision logits|
 
 
@@ -178,15 +176,6 @@ def _infer_fn(model: Callable[[Tensor], Tensor], x: Tensor, device: torch.device
     return run
 
 
-def _googlenet_loss(outputs, target: Tensor) -> Tensor:
-    """main + 0.3 x (aux1 + aux2); works for torchvision's and our output tuples."""
-    if isinstance(outputs, tuple):
-        logits, aux1, aux2 = outputs
-        return (F.cross_entropy(logits, target)
-                + AUX_WEIGHT * (F.cross_entropy(aux1, target) + F.cross_entropy(aux2, target)))
-    return F.cross_entropy(outputs, target)
-
-
 def _train_fn(model: nn.Module, x: Tensor, target: Tensor, device: torch.device, precision: str,
               channels_last: bool, fused_sgd: bool = False) -> Callable[[], None]:
     """One training step: forward, main + 0.3 x aux losses, backward, SGD step. fused_sgd: torch's
@@ -201,7 +190,7 @@ def _train_fn(model: nn.Module, x: Tensor, target: Tensor, device: torch.device,
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         with _autocast(device, precision):
-            loss = _googlenet_loss(model(x), target)
+            loss = googlenet_loss(model(x), target)
         loss.backward()
         opt.step()
 

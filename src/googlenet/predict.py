@@ -22,10 +22,9 @@ from torchvision.transforms.v2 import functional as TF
 
 from .errors import RunError, UserError, first_line
 from .images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
+from .models.weights import IMAGENET_MEAN, IMAGENET_STD
 
 BACKENDS = ("auto", "torch", "onnxruntime", "ncnn")  # auto: onnxruntime for .onnx, ncnn for .param, else torch
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # The paper's single-crop geometry: shorter side 256, centre 224.
 PAPER_INPUT, PAPER_RESIZE = 224, 256
 MAX_ASPECT = 16  # longest kept ratio of the longer to the shorter side (bounds memory)

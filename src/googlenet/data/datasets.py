@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError, first_line
+from ..models.weights import IMAGENET_MEAN, IMAGENET_STD
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagefolder")
 SPLITS = ("train", "test")
@@ -36,7 +37,7 @@ STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "fashion-mnist": ((0.2860,), (0.3530,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet's
+    "imagefolder": (IMAGENET_MEAN, IMAGENET_STD),
 }
 
 

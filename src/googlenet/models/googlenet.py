@@ -5,7 +5,7 @@ maxpool2, inception3a, ..., aux1, aux2, fc), so `googlenet_tv` loads its state_d
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -277,9 +277,6 @@ class GoogLeNet(nn.Module):
     def inception_modules(self) -> dict[str, Inception]:
         return {s.name: getattr(self, f"inception{s.name}") for s in spec.INCEPTION}
 
-    def variant_dict(self) -> dict:
-        return asdict(self.variant)
-
 
 class FeatureExtractor(nn.Module):
     """`features_only=True`: the feature map after each stage, as a list.
@@ -329,8 +326,10 @@ class FeatureExtractor(nn.Module):
 
 def googlenet_loss(outputs, target: Tensor, criterion=F.cross_entropy,
                    aux_weight: float = spec.AUX_LOSS_WEIGHT) -> Tensor:
-    """The paper's training loss: main + 0.3 x (aux1 + aux2); plain loss for logits."""
-    if isinstance(outputs, GoogLeNetOutputs):
-        return (criterion(outputs.logits, target)
-                + aux_weight * (criterion(outputs.aux1, target) + criterion(outputs.aux2, target)))
+    """The paper's training loss: main + 0.3 x (aux1 + aux2); plain loss for logits.
+    `outputs` may be any (logits, aux, aux) tuple: ours, or torchvision's GoogLeNetOutputs
+    (which lists the aux heads in the other order; their sum is the same)."""
+    if isinstance(outputs, tuple):
+        logits, aux_a, aux_b = outputs
+        return criterion(logits, target) + aux_weight * (criterion(aux_a, target) + criterion(aux_b, target))
     return criterion(outputs, target)

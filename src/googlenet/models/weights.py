@@ -21,6 +21,7 @@ from ..errors import UserError, first_line
 from ..fileio import atomic_write, load_error_reason
 
 FORMAT = "googlenet-weights/1"
+# ImageNet's per-channel statistics in [0, 1] pixel units: torchvision's weights, image folders, RGB predict defaults
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # What a `googlenet train` run folder holds once finished, and its checkpoint until then

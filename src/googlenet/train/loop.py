@@ -229,6 +229,10 @@ class Trainer:
             tqdm.write(message, file=sys.stdout)
             sys.stdout.flush()
 
+    def _autocast(self) -> torch.autocast:
+        """The run's mixed precision (bf16 autocast), or a no-op in fp32."""
+        return torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None)
+
     @property
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
@@ -354,8 +358,7 @@ class Trainer:
                 sync = contextlib.nullcontext() if i == len(micro) - 1 else self.process.no_sync(model)
                 forward = self._training_forward(x) or model
                 with sync:
-                    with torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16,
-                                        enabled=self.dtype is not None):
+                    with self._autocast():
                         outputs = forward(x)
                         loss = googlenet_loss(outputs, y, self.criterion, c.aux_weight)
                     (loss * (len(y) / len(y_step))).backward()
@@ -603,8 +606,7 @@ class Trainer:
         with torch.no_grad():
             for _ in range(4):
                 t = time.perf_counter()
-                with torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16,
-                                    enabled=self.dtype is not None):
+                with self._autocast():
                     model(batch)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
@@ -626,7 +628,7 @@ class Trainer:
         self.stop_signals.phase = f"test ({images} images)"  # what a stop request waits for now
         for x, y in self.test_loader.eval_batches(limit):
             bar.update(len(y) * self.process.world_size)  # each process tests its share
-            with torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
+            with self._autocast():
                 logits = model(x).float()
                 if tta_flip:
                     probs = (logits.softmax(1) + model(x.flip(-1)).float().softmax(1)) / 2
