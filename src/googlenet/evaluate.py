@@ -376,7 +376,7 @@ def evaluate(weights: str | os.PathLike, dataset: str | None = None, data_dir: s
     skipped: list[str] = []
     if dataset == "imagefolder":
         if data_dir is None:
-            raise UserError("--dataset imagefolder needs --data DIR (with val/<class>/ image folders)")
+            raise UserError("--dataset imagefolder needs --data DIR (with test/<class>/ or val/<class>/ image folders)")
         names, count, batches_for = _image_folder_batches(data_dir, limit, skipped)
         notes += _check_dataset_classes(names, class_names, dataset, paths[0])
         make_batches = lambda c: batches_for(int(c.meta["in_chans"]))  # noqa: E731

@@ -45,9 +45,7 @@ def inference_network(model: nn.Module) -> nn.Module:
     """A copy of `model` with the aux heads removed, in eval mode, on the CPU."""
     net = copy.deepcopy(model).cpu()
     if hasattr(net, "drop_aux"):
-        net.drop_aux()
-    if hasattr(net, "model_options"):
-        net.model_options = {**net.model_options, "aux_logits": False}
+        net.drop_aux()  # also records aux_logits=False in model_options
     return net.eval()
 
 

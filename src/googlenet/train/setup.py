@@ -131,15 +131,13 @@ def build_model(config: TrainConfig, num_classes: int, in_chans: int,
         if model.model_name != config.model:
             say(f"note: {source} holds a {model.model_name}; training that model (not {config.model})")
         if config.aux_logits is False and model.aux_logits:
-            model.drop_aux()
-            model.model_options = {**model.model_options, "aux_logits": False}
+            model.drop_aux()  # records aux_logits=False in model_options itself
     if model.in_chans != in_chans and not (model.in_chans == 3 and in_chans == 1):
         raise UserError(f"{source} expects {model.in_chans}-channel images, the data has {in_chans}")
     if model.num_classes != num_classes:
         heads = "classifier and auxiliary heads" if model.aux_logits else "classifier"
         say(f"fine-tuning: replacing the {heads} of {source} ({model.num_classes} -> {num_classes} classes)")
-        model.reset_classifier(num_classes)
-        model.model_options = {**model.model_options, "num_classes": num_classes}
+        model.reset_classifier(num_classes)  # records the new num_classes itself
     return model
 
 
