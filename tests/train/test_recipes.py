@@ -35,8 +35,8 @@ def test_default_is_fmnist_on_fashion_mnist():
 def test_override_order(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("lr: 0.05\nepochs: 3\nbatch_size: 32\n")
-    c = resolve_config("fmnist", str(path), {"epochs": 5, "lr": None}, ["batch_size=8", "budget=2m", "data=1e3"])
-    assert (c.lr, c.epochs, c.batch_size, c.budget, c.data) == (0.05, 5, 8, "2m", "1e3")
+    c = resolve_config("fmnist", str(path), {"batch_size": 16, "lr": None}, ["batch_size=8", "budget=2m", "data=1e3"])
+    assert (c.lr, c.epochs, c.batch_size, c.budget, c.data) == (0.05, 3, 8, "2m", "1e3")
     assert c.budget_seconds() == 120
 
 
@@ -133,3 +133,13 @@ def test_a_bad_config_file_is_one_line(tmp_path, make, says):
     with pytest.raises(UserError, match=says) as caught:
         read_yaml(path)
     assert "\n" not in str(caught.value)
+
+
+def test_epochs_with_a_budget_is_refused_by_the_api_as_by_the_cli():
+    """The budget picks the epochs; through the Python API the epochs asked for were dropped silently."""
+    with pytest.raises(UserError, match="--epochs 5 and --budget 10m both set how long the run is"):
+        resolve_config(flags={"epochs": 5, "budget": "10m"})
+    with pytest.raises(UserError, match="--epochs 3 and --budget 1m"):
+        resolve_config(flags={"budget": "1m"}, overrides=["epochs=3"])
+    assert resolve_config(flags={"budget": "1m"}).budget == "1m"  # the recipe's own epochs are no conflict
+    assert resolve_config(flags={"epochs": 2, "budget": "1m"}, overrides=["budget="]).epochs == 2

@@ -83,8 +83,7 @@ def _launch(args: argparse.Namespace) -> int:
     if not args.resume:  # flag mistakes end here in one line, before any process starts
         from ..train import resolve_config
 
-        config = resolve_config(args.recipe, args.config, {k: getattr(args, k) for k in CONFIG_FLAGS}, args.set)
-        _epochs_and_budget(args, config)
+        resolve_config(args.recipe, args.config, {k: getattr(args, k) for k in CONFIG_FLAGS}, args.set)
     return distributed.launch_local(args.nproc, _train_args(args))
 
 
@@ -116,25 +115,6 @@ def _flags_besides_resume(args: argparse.Namespace) -> list[str]:
             if getattr(args, k, None) is not None] + (["--set"] if args.set else [])
 
 
-def _epochs_and_budget(args: argparse.Namespace, config) -> None:
-    """--epochs on the command line with a budget: the budget decides the epochs, so the
-    --epochs asked for would be dropped without a word. One line instead."""
-    from ..errors import UserError
-    from ..train.recipes import parse_overrides
-
-    if config.budget is None:
-        return
-    overrides = parse_overrides(args.set)
-    epochs = overrides.get("epochs", args.epochs)
-    if epochs is None:
-        return
-    if args.budget is None and "budget" not in overrides:  # it came from --config FILE
-        raise UserError(f"--epochs {epochs} and the budget: {config.budget} of {args.config} both set how long the "
-                        "run is; drop the budget with --set budget= to train for the epochs")
-    raise UserError(f"--epochs {epochs} and --budget {config.budget} both set how long the run is, and the "
-                    "budget picks the epochs itself; give one of them")
-
-
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.nproc is not None and args.nproc != 1:
@@ -159,7 +139,6 @@ def run(args: argparse.Namespace) -> int:
         flags = {k: getattr(args, k) for k in CONFIG_FLAGS}
         flags["tensorboard"] = args.tensorboard
         config = resolve_config(args.recipe, args.config, flags, args.set)
-        _epochs_and_budget(args, config)
         notes = [n for n in [_unscaled_lr_note(args, config)] if n]
     elif env_world_size() > 1:  # the process group needs the run's device and timeout
         config = config_from_dict(checkpoint.load_checkpoint(args.resume)["config"])

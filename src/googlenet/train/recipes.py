@@ -257,7 +257,22 @@ def resolve_config(recipe: str | None = None, config_file: str | None = None,
     config = apply(config, flags, "the command line")
     config = apply(config, set_values, "--set")
     validate(config)
+    _epochs_or_budget(config, flags, set_values, config_file)
     return config
+
+
+def _epochs_or_budget(config: TrainConfig, flags: dict[str, Any], set_values: dict[str, Any],
+                      config_file: str | None) -> None:
+    """Epochs asked for (a flag or --set) with a budget: the budget picks the epochs itself,
+    so the epochs would be dropped without a word. One line instead."""
+    epochs = set_values.get("epochs", flags.get("epochs"))
+    if config.budget is None or epochs is None:
+        return
+    if "budget" not in flags and "budget" not in set_values:  # it came from the --config file
+        raise UserError(f"--epochs {epochs} and the budget: {config.budget} of {config_file} both set how long the "
+                        "run is; drop the budget with --set budget= to train for the epochs")
+    raise UserError(f"--epochs {epochs} and --budget {config.budget} both set how long the run is, and the "
+                    "budget picks the epochs itself; give one of them")
 
 
 def validate(config: TrainConfig) -> None:
