@@ -162,6 +162,21 @@ def test_finetune_replaces_classifier_and_freezes(tmp_path, capsys):
         freeze_until(model, "6a")
 
 
+def test_weights_trained_at_another_size_get_a_note(tmp_path):
+    """ImageNet-sized weights fine-tuned on 28-px images train, but the user should know."""
+    source = googlenet.create_model("googlenet_tv", num_classes=10)
+    source.meta = {"input_size": 224}
+    googlenet.save_weights(source, tmp_path / "w.safetensors")
+    config = resolve_config(flags={"weights": str(tmp_path / "w.safetensors"), "model": "googlenet_tv"})
+    messages = []
+    build_model(config, num_classes=10, in_chans=3, say=messages.append, input_size=28)
+    assert messages == [f"note: {tmp_path / 'w.safetensors'} was trained on 224-px images and the data is 28 px; "
+                        "--input-size 224 resizes the data to what the weights expect"]
+    messages.clear()
+    build_model(config, num_classes=10, in_chans=3, say=messages.append, input_size=160)  # close enough
+    assert messages == []
+
+
 def test_frozen_layers_do_not_change_in_training(fmnist_dir, tmp_path):
     source = googlenet.create_model("googlenet_cifar", num_classes=10, in_chans=1)
     googlenet.save_weights(source, tmp_path / "w.safetensors")

@@ -115,8 +115,9 @@ def _limited(dataset, limit: int | None):
 
 # ------------------------------------------------------------------ model
 def build_model(config: TrainConfig, num_classes: int, in_chans: int,
-                say: Callable[[str], None] = print) -> nn.Module:
-    """A fresh model, or one started from --weights (classifier replaced if the class count differs)."""
+                say: Callable[[str], None] = print, input_size: int | None = None) -> nn.Module:
+    """A fresh model, or one started from --weights (classifier replaced if the class count
+    differs; a note when `input_size`, the data's, is far from the size they were trained at)."""
     from ..models import create_model, load_weights
 
     options = dict(aux_logits=config.aux_logits, dropout=config.dropout, dropout_aux=config.dropout_aux)
@@ -134,6 +135,11 @@ def build_model(config: TrainConfig, num_classes: int, in_chans: int,
             model.drop_aux()  # records aux_logits=False in model_options itself
     if model.in_chans != in_chans and not (model.in_chans == 3 and in_chans == 1):
         raise UserError(f"{source} expects {model.in_chans}-channel images, the data has {in_chans}")
+    trained_at = int(getattr(model, "meta", {}).get("input_size") or 0)
+    if input_size and trained_at and max(trained_at / input_size, input_size / trained_at) >= 2:
+        # e.g. ImageNet weights on 28-px Fashion-MNIST: legal, but their filters expect 8x more pixels
+        say(f"note: {source} was trained on {trained_at}-px images and the data is {input_size} px; "
+            f"--input-size {trained_at} resizes the data to what the weights expect")
     if model.num_classes != num_classes:
         heads = "classifier and auxiliary heads" if model.aux_logits else "classifier"
         say(f"fine-tuning: replacing the {heads} of {source} ({model.num_classes} -> {num_classes} classes)")
