@@ -188,3 +188,15 @@ def test_ctrl_c_says_interrupted_with_exit_code_130(capsys, monkeypatch):
     monkeypatch.setattr(googlenet.predict, "load_classifier", interrupted)
     assert main(["predict", "model.safetensors", "a.png"]) == 130
     assert capsys.readouterr().err.strip() == "googlenet predict: interrupted"
+
+
+def test_a_mistyped_command_gets_a_suggestion(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["trian", "--epochs", "1"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "googlenet: error: unknown command 'trian'; did you mean 'train'? (commands: list-models, summary, "
+        "import-torchvision, train, eval, predict, export, bench)")
+    with pytest.raises(SystemExit):
+        main(["xyz"])
+    assert "unknown command 'xyz' (commands: " in capsys.readouterr().err

@@ -116,11 +116,26 @@ def _signals_unwind(command: str):
             signal.signal(signum, handler)
 
 
+def _check_command_name(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """An unknown command: argparse lists all eight; say which one was probably meant."""
+    import difflib
+
+    first = next((a for a in argv if not a.startswith("-")), None)
+    commands = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+    if first is None or first in commands or any(a in ("-h", "--help", "--version") for a in argv[:argv.index(first)]):
+        return
+    close = difflib.get_close_matches(first, list(commands), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    parser.error(f"unknown command {first!r}{hint} (commands: {', '.join(commands)})")
+
+
 def main(argv: list[str] | None = None) -> int:
     from .errors import UserError
 
     parser = build_parser()
-    args = parser.parse_args(_attach_dashed_values(sys.argv[1:] if argv is None else argv))
+    argv = _attach_dashed_values(sys.argv[1:] if argv is None else argv)
+    _check_command_name(parser, argv)
+    args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
