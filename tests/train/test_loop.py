@@ -364,7 +364,7 @@ def test_budget_calibration_times_blocks_of_steps_and_reports_seconds_per_step(m
     while the GPU runs another, as in training); the result is still seconds per step."""
     from types import SimpleNamespace
 
-    from googlenet.train import loop
+    from googlenet.train import budget, loop
 
     taken = []
 
@@ -373,7 +373,7 @@ def test_budget_calibration_times_blocks_of_steps_and_reports_seconds_per_step(m
         for _ in range(steps):
             time.sleep(0.02)
 
-    monkeypatch.setitem(loop.CALIBRATION_BLOCK, "cpu", 3)
+    monkeypatch.setitem(budget.CALIBRATION_BLOCK, "cpu", 3)
     trainer = SimpleNamespace(device=torch.device("cpu"), process=Process(), _train_steps=fake_steps,
                               say=lambda message: None)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # one setting: no thread trial
