@@ -236,57 +236,78 @@ def load_classifier(weights: str | os.PathLike, backend: str = "auto", device: s
     backend "auto" picks by the file's suffix; "onnxruntime" and "ncnn" export or convert
     .safetensors weights for themselves at load, a few seconds)."""
     backend = pick_backend(weights, backend)
-    if backend == "ncnn":
-        exported = pick_backend(weights) == "ncnn"  # a .param export, converted already: pnnx not needed
-        _check_ncnn(converter=not exported)
-        if exported:
-            return NcnnClassifier.from_export(weights)
-    if backend in ("torch", "ncnn"):
+    if backend == "torch":
         from .device import resolve_device
-        from .models.weights import WeightsError, load_weights
 
-        try:
-            model = load_weights(weights)
-        except WeightsError:  # its message already names our other outputs (TorchScript, last.pt)
-            wrong_backend = _export_given_to(weights, backend)
-            if wrong_backend is not None:
-                raise wrong_backend from None
-            raise
-        try:
-            if backend == "ncnn":
-                return NcnnClassifier(model)
+        model = _our_model(weights, backend)
+        with _naming(weights):
             return TorchClassifier(model, resolve_device(device), bf16=bf16)
-        except UserError as e:  # its metadata (mean/std, class names) does not fit: name the file
-            raise UserError(f"{weights}: {e}") from None
-        except (RuntimeError, OSError) as e:  # pnnx or ncnn could not take this model
-            if backend != "ncnn":
-                raise
-            raise RunError(f"{weights}: {first_line(e)}; run it with --backend torch instead") from None
+    if backend == "ncnn":
+        return _ncnn_classifier(weights)
     if backend == "onnxruntime":
+        return _onnxruntime_classifier(weights)
+    raise UserError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+
+
+@contextlib.contextmanager
+def _naming(weights: str | os.PathLike):
+    """A UserError about a model's metadata (mean/std, class names) names its file."""
+    try:
+        yield
+    except UserError as e:
+        raise UserError(f"{weights}: {e}") from None
+
+
+def _our_model(weights: str | os.PathLike, backend: str) -> nn.Module:
+    """load_weights, or one line that says which backend runs the export given instead."""
+    from .models.weights import WeightsError, load_weights
+
+    try:
+        return load_weights(weights)
+    except WeightsError:  # its message already names our other outputs (TorchScript, last.pt)
         wrong_backend = _export_given_to(weights, backend)
         if wrong_backend is not None:
-            raise wrong_backend
-        ours = Path(weights).is_dir() or str(weights).lower().endswith(".safetensors")
-        try:
-            if ours:
-                import onnx  # noqa: F401 -- our weights are exported first; running an .onnx file needs no onnx
-            from .onnx_backend import OnnxClassifier
-        except ImportError as e:
-            raise UserError(f"--backend onnxruntime is unavailable ({e}); install it with "
-                            "`pip install 'googlenet[onnx]'`") from None
-        classifier = _exported_for_onnxruntime(weights) if ours else OnnxClassifier(weights)
-        meta = dict(classifier.meta)
-        names = meta.get("class_names") or []
-        num_classes = int(meta.get("num_classes") or len(names))
-        if not num_classes:
-            raise UserError(f"{weights}: the ONNX model carries no class names; re-export it with "
-                            "`googlenet export WEIGHTS --format onnx`")
-        try:
-            classifier.meta = complete_meta(meta, num_classes, int(meta.get("in_chans", 3)))
-        except UserError as e:
-            raise UserError(f"{weights}: {e}") from None
-        return classifier
-    raise UserError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+            raise wrong_backend from None
+        raise
+
+
+def _ncnn_classifier(weights: str | os.PathLike) -> Classifier:
+    """A .param export as it is; our weights converted by pnnx first (a few seconds)."""
+    exported = pick_backend(weights) == "ncnn"  # a .param export, converted already: pnnx not needed
+    _check_ncnn(converter=not exported)
+    if exported:
+        return NcnnClassifier.from_export(weights)
+    model = _our_model(weights, "ncnn")
+    try:
+        with _naming(weights):
+            return NcnnClassifier(model)
+    except (RuntimeError, OSError) as e:  # pnnx or ncnn could not take this model
+        raise RunError(f"{weights}: {first_line(e)}; run it with --backend torch instead") from None
+
+
+def _onnxruntime_classifier(weights: str | os.PathLike) -> Classifier:
+    """An .onnx file as it is; our weights exported to ONNX first (a few seconds)."""
+    wrong_backend = _export_given_to(weights, "onnxruntime")
+    if wrong_backend is not None:
+        raise wrong_backend
+    ours = Path(weights).is_dir() or str(weights).lower().endswith(".safetensors")
+    try:
+        if ours:
+            import onnx  # noqa: F401 -- our weights are exported first; running an .onnx file needs no onnx
+        from .onnx_backend import OnnxClassifier
+    except ImportError as e:
+        raise UserError(f"--backend onnxruntime is unavailable ({e}); install it with "
+                        "`pip install 'googlenet[onnx]'`") from None
+    classifier = _exported_for_onnxruntime(weights) if ours else OnnxClassifier(weights)
+    meta = dict(classifier.meta)
+    names = meta.get("class_names") or []
+    num_classes = int(meta.get("num_classes") or len(names))
+    if not num_classes:
+        raise UserError(f"{weights}: the ONNX model carries no class names; re-export it with "
+                        "`googlenet export WEIGHTS --format onnx`")
+    with _naming(weights):
+        classifier.meta = complete_meta(meta, num_classes, int(meta.get("in_chans", 3)))
+    return classifier
 
 
 def _exported_for_onnxruntime(weights: str | os.PathLike):
@@ -299,9 +320,8 @@ def _exported_for_onnxruntime(weights: str | os.PathLike):
 
     model = load_weights(weights)  # WeightsError (one line) for anything that is not ours
     try:
-        return open_in_onnxruntime(model, dynamic_batch=True)
-    except UserError as e:  # its metadata (mean/std, class names) does not fit: name the file
-        raise UserError(f"{weights}: {e}") from None
+        with _naming(weights):
+            return open_in_onnxruntime(model, dynamic_batch=True)
     except (RuntimeError, OSError) as e:
         raise RunError(f"{weights}: the ONNX export failed ({first_line(e)}); run it with --backend torch "
                        "instead") from None
