@@ -104,7 +104,9 @@ if [[ -n "${PAPER_BUDGET:-}" ]]; then
 fi
 STEPS_TSV="$WORK/steps.tsv"
 : > "$STEPS_TSV"
-rm -f "$WORK/tests.log"  # read after the tests step: never a previous run's
+# A previous run's results and run folders: the summary must never report them as this run's,
+# and `train --out` refuses a finished run's folder. The compile cache stays.
+rm -rf "$WORK/tests.log" "$WORK"/bench-*.json "$WORK"/fmnist-seed* "$WORK/paper-fmnist"
 OVERALL=0
 
 left() { echo $((DEADLINE_S - SECONDS)); }
