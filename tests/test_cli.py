@@ -149,6 +149,43 @@ def test_resume_without_a_checkpoint_is_the_error_alone(tmp_path, capsys):
         f"googlenet train: error: no checkpoint at {tmp_path / 'empty' / 'last.pt'}; --resume takes a run folder holding last.pt"]
 
 
+def test_resume_of_a_run_killed_while_loading_its_data_says_to_start_it_again(tmp_path, capsys):
+    """A run killed before it wrote config.yaml leaves RUN/.lock alone: no config to suggest."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text("12345")
+    assert main(["train", "--resume", str(run)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"googlenet train: error: {run} stopped before its first checkpoint: nothing to resume; start it again "
+        f"with the command that started it (--out {run} is free to reuse)"]
+
+
+def test_a_run_folder_another_train_holds_is_refused_as_in_use_not_sent_to_resume(tmp_path, capsys):
+    """`train --out RUN` on a run still training said "already holds a run; continue it with
+    --resume RUN", and that advice then failed with "in use by another googlenet train"."""
+    import os
+
+    from googlenet.train.guard import RunLock
+
+    run = tmp_path / "run"
+    in_use = (f"googlenet train: error: {run} is in use by another googlenet train (pid {os.getpid()}); wait for it "
+              "to finish or stop it, or pick another --out")
+    run.mkdir()
+    (run / "config.yaml").write_text("epochs: 1\n")
+    (run / "last.pt").write_bytes(b"a checkpoint")
+    with RunLock(run):  # the other train
+        assert main(["train", "--out", str(run), "--epochs", "1"]) == 2
+        captured = capsys.readouterr()
+        assert captured.err.strip().splitlines() == [in_use] and captured.out == ""
+        (run / "last.pt").unlink()  # the other train before its first checkpoint: not "stopped before" it
+        assert main(["train", "--resume", str(run)]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [in_use]
+    # Once nothing holds the folder, --out points to --resume again.
+    (run / "last.pt").write_bytes(b"a checkpoint")
+    assert main(["train", "--out", str(run), "--epochs", "1"]) == 2
+    assert f"already holds a run; continue it with --resume {run}" in capsys.readouterr().err
+
+
 def test_train_help_says_where_the_config_keys_and_budget_units_are(capsys):
     """--set said 'override any config key' without saying where the keys are listed, and
     --budget gave only '10m' as a unit."""

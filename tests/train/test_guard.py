@@ -52,6 +52,17 @@ def test_errors_elsewhere_are_not_claimed(tmp_path):
     assert guard.write_error(ValueError("a bug"), tmp_path / "run") is None
 
 
+def test_run_in_use_names_the_pid_holding_the_run_lock_and_leaves_the_lock_alone(tmp_path):
+    run = tmp_path / "run"
+    assert guard.run_in_use(run) is None and not run.exists()  # a probe creates nothing
+    with guard.RunLock(run):
+        assert guard.run_in_use(run) == str(os.getpid())
+        assert guard.run_in_use(run) == str(os.getpid())  # the probe took no lock of its own
+        with pytest.raises(UserError, match=f"in use by another googlenet train \\(pid {os.getpid()}\\)"):
+            guard.RunLock(run).__enter__()  # the holder keeps its lock through the probes
+    assert (run / ".lock").is_file() and guard.run_in_use(run) is None  # a lock file alone is no live run
+
+
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
 def test_a_requested_stop_is_not_labelled_an_error(signal_name, capsys, monkeypatch):
     import signal

@@ -8,15 +8,16 @@ import googlenet
 from googlenet.train import resolve_config, train
 
 
-def _folder(root, classes=("cat", "dog", "owl"), per_class=4, size=20):
+def _folder(root, classes=("cat", "dog", "owl"), per_class=4, size=20, grey=False):
     from PIL import Image
 
     rng = np.random.default_rng(0)
+    shape = (size, size + 4) if grey else (size, size + 4, 3)
     for split in ("train", "val"):
         for k, name in enumerate(classes):
             (root / split / name).mkdir(parents=True)
             for i in range(per_class):
-                pixels = rng.integers(0, 80, (size, size + 4, 3), dtype=np.uint8) + 60 * k
+                pixels = rng.integers(0, 80, shape, dtype=np.uint8) + 60 * k
                 Image.fromarray(pixels.astype(np.uint8)).save(root / split / name / f"{i}.png")
     return root
 
@@ -37,6 +38,32 @@ def test_finetune_on_an_image_folder(tmp_path, capsys):
     assert model.meta["class_names"] == ["cat", "dog", "owl"] and model.meta["input_size"] == 16
     assert model.meta["resize"] == round(16 * 256 / 224) and model.fc.out_features == 3
     assert (tmp_path / "run" / "errors.png").is_file()
+
+
+def test_a_one_channel_model_fine_tunes_on_an_image_folder_read_as_luma(tmp_path):
+    """Image folders were always read as RGB, so a 1-channel model's fine-tuning stopped with
+    "expects 1-channel images, the data has 3"; eval already converted them to its channels."""
+    from googlenet.models.weights import IMAGENET_MEAN, IMAGENET_STD
+    from googlenet.train.loop import Process, Trainer
+
+    data = _folder(tmp_path / "imgs", classes=("a", "b"), per_class=2, grey=True)
+    googlenet.save_weights(googlenet.create_model("googlenet_cifar", num_classes=10, in_chans=1),
+                           tmp_path / "w.safetensors")
+    flags = {"dataset": "imagefolder", "data": str(data), "model": "googlenet_cifar", "input_size": 16,
+             "epochs": 1, "batch_size": 4, "workers": 0, "device": "cpu"}
+    trainer = Trainer(resolve_config(flags={**flags, "weights": str(tmp_path / "w.safetensors")}),
+                      tmp_path / "run", Process())
+    x, _ = next(trainer.train_loader.train_batches(0, 1, 0))
+    assert x.shape[1] == 1 and next(trainer.test_loader.eval_batches())[0].shape[1] == 1
+    assert trainer.info.in_chans == 1 and trainer.info.mean == (sum(IMAGENET_MEAN) / 3,)
+    assert trainer.info.std == (sum(IMAGENET_STD) / 3,)
+    result = trainer.fit()
+    assert result.test_images == 4
+    tuned = googlenet.load_weights(result.weights)
+    assert tuned.in_chans == 1 and len(tuned.meta["mean"]) == len(tuned.meta["std"]) == 1  # what eval normalises by
+    # Without --weights the model is a fresh RGB one, as before.
+    fresh = Trainer(resolve_config(flags=flags), tmp_path / "fresh", Process())
+    assert fresh.model.in_chans == 3 and next(fresh.test_loader.eval_batches())[0].shape[1] == 3
 
 
 def test_paper_augmentation_on_tensors_runs(tmp_path, fake_fmnist, monkeypatch):

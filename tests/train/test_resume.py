@@ -78,3 +78,36 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path, fake_fmnist)
                            capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0 and "test accuracy" in rerun.stdout, rerun.stderr
     assert (broken / "errors.png").is_file()
+
+
+def test_a_run_killed_before_its_first_checkpoint_says_how_to_start_it_again(tmp_path, fake_fmnist, capsys,
+                                                                             monkeypatch):
+    """It said "no checkpoint at RUN/last.pt; --resume takes a run folder holding last.pt"; the
+    command it now suggests is run as written."""
+    import shlex
+
+    from googlenet.cli import main
+
+    data = fake_fmnist(tmp_path / "fm", n_train=96, n_test=32)
+    env = _env(tmp_path)
+    run = tmp_path / "run"
+    child = subprocess.Popen(_command(data, "--out", str(run), "--epochs", "1"), env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (run / "config.yaml").exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    if (run / "last.pt").exists():
+        pytest.fail("the kill came after the first checkpoint; the test needs a slower first epoch")
+
+    monkeypatch.setenv("GOOGLENET_CACHE", env["GOOGLENET_CACHE"])
+    assert main(["train", "--resume", str(run)]) == 2
+    line = capsys.readouterr().err.strip()
+    config = run / "config.yaml"
+    assert line == (f"googlenet train: error: {run} stopped before its first checkpoint: nothing to resume; start it "
+                    f"again with `googlenet train --config {config} --out {run}`")
+    suggested = shlex.split(line.split("`")[1])
+    assert suggested[:2] == ["googlenet", "train"] and main(suggested[1:]) == 0
+    assert (run / "model.safetensors").is_file()

@@ -381,6 +381,24 @@ def read_rgb(path: str):
     return Image.fromarray(read_image(path, 3).permute(1, 2, 0).numpy())
 
 
+def read_luma(path: str):
+    """read_rgb for a 1-channel model: the image as a mode-L (luma) PIL image."""
+    from PIL import Image
+
+    from ..images import read_image
+
+    return Image.fromarray(read_image(path, 1)[0].numpy())
+
+
+def image_folder_stats(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Normalisation of image-folder data: ImageNet's RGB statistics, or for luma images the mean
+    of their three values (within 0.01 of the luma-weighted ones, well inside what fine-tuning absorbs)."""
+    mean, std = STATS["imagefolder"]
+    if channels == 1:
+        return (sum(mean) / len(mean),), (sum(std) / len(std),)
+    return mean, std
+
+
 def _shorter_folder_error(message: str) -> str:
     """torchvision names every class folder without images (all 1,000 of an empty ImageNet
     tree: a line of kilobytes); keep the count and the first few names."""
@@ -404,12 +422,15 @@ def spread_over_classes(samples: Sequence, limit: int | None) -> list:
     return [samples[i * len(samples) // limit] for i in range(limit)]
 
 
-def image_folder(root: str | os.PathLike, split: str, transform=None):
+def image_folder(root: str | os.PathLike, split: str, transform=None, channels: int = 3):
     """An ImageFolder over root/<split> ("train" | "val"; "test" falls back to val/).
 
     The dataset has `.class_names` (sorted folder names, the same for train and val)
-    and loads each image as RGB through `transform` (a PIL image if None).
+    and loads each image as RGB (`channels` 3) or luma (1) through `transform` (a PIL
+    image if None); `.mean`/`.std` are the normalisation for that many channels.
     """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, not {channels}")
     from torchvision.datasets import ImageFolder
 
     root = Path(root)
@@ -423,10 +444,11 @@ def image_folder(root: str | os.PathLike, split: str, transform=None):
         raise UserError(f"{root} has no {wanted} folder{missing}; an image-folder dataset is "
                         f"DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg")
     try:
-        dataset = ImageFolder(str(folder), transform=transform, loader=read_rgb)
+        dataset = ImageFolder(str(folder), transform=transform, loader=read_rgb if channels == 3 else read_luma)
     except (FileNotFoundError, RuntimeError) as e:
         raise UserError(f"{folder}: {_shorter_folder_error(first_line(e))}") from None
     dataset.class_names = list(dataset.classes)
     dataset.name = "imagefolder"
-    dataset.mean, dataset.std = STATS["imagefolder"]
+    dataset.in_chans = channels
+    dataset.mean, dataset.std = image_folder_stats(channels)
     return dataset

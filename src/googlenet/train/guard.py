@@ -396,10 +396,9 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            owner = _lock_owner(fd)
             os.close(fd)
-            raise UserError(f"{self.path.parent} is in use by another googlenet train (pid {owner}); wait for it "
-                            "to finish or stop it, or pick another --out") from None
+            raise in_use_error(self.path.parent, owner) from None
         except OSError:  # a filesystem without flock: train unguarded rather than not at all
             os.close(fd)
             return self
@@ -425,6 +424,37 @@ class RunLock:
         self.fd = None
 
 
+def _lock_owner(fd: int) -> str:
+    """The pid a RunLock wrote into its lock file ("?" if it has not written it yet)."""
+    return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+
+
+def in_use_error(run_dir: str | os.PathLike, owner: str) -> UserError:
+    return UserError(f"{run_dir} is in use by another googlenet train (pid {owner}); wait for it to finish or "
+                     "stop it, or pick another --out")
+
+
+def run_in_use(run_dir: str | os.PathLike) -> str | None:
+    """The pid of the live process training into `run_dir` (as RUN/.lock holds it), or None when
+    no process holds its lock. The probe takes a shared lock and drops it at once, so two probes
+    never trip each other; it neither creates nor changes the lock file."""
+    import fcntl
+
+    try:
+        fd = os.open(Path(run_dir) / ".lock", os.O_RDONLY)
+    except OSError:  # no lock file (or unreadable): no run holds it
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _lock_owner(fd)
+    except OSError:  # a filesystem without flock: RunLock trains unguarded there, so nothing holds it
+        return None
+    finally:
+        os.close(fd)  # closing drops the probe's own lock, if it got one
+    return None
+
+
 def _holds_only(folder: Path, name: str) -> bool:
     try:
         return [p.name for p in folder.iterdir()] == [name]
@@ -446,4 +476,4 @@ def remove_stale_temp_files(run_dir: str | os.PathLike) -> list[Path]:
 
 
 __all__ = ["NonFiniteGuard", "ON_NAN_CHOICES", "RunLock", "StopRequested", "StopSignals", "all_finite", "buffers_snapshot",
-           "remove_stale_temp_files", "restore_buffers", "save_failed", "write_error"]
+           "in_use_error", "remove_stale_temp_files", "restore_buffers", "run_in_use", "save_failed", "write_error"]

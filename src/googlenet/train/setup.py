@@ -37,7 +37,8 @@ def build_loaders(config: TrainConfig, device: torch.device, model_in_chans: int
                   rank: int = 0, world_size: int = 1):
     """(train_loader, test_loader, DataInfo) for the configured dataset."""
     if config.dataset == "imagefolder":
-        return _folder_loaders(config, device, rank, world_size)
+        # Image files convert to any channel count: RGB unless the model takes luma.
+        return _folder_loaders(config, device, model_in_chans or 3, rank, world_size)
     from ..data.datasets import load_dataset
     from ..data.gpu_loader import BatchAugment, TensorLoader
 
@@ -65,24 +66,26 @@ def build_loaders(config: TrainConfig, device: torch.device, model_in_chans: int
     return train_loader, test_loader, info
 
 
-def _folder_loaders(config: TrainConfig, device: torch.device, rank: int, world_size: int):
+def _folder_loaders(config: TrainConfig, device: torch.device, in_chans: int, rank: int, world_size: int):
     from ..data import transforms as T
-    from ..data.datasets import STATS, image_folder
+    from ..data.datasets import image_folder, image_folder_stats
     from ..data.folder_loader import FolderLoader
 
     if not config.data:
         raise UserError("--dataset imagefolder needs --data DIR holding train/<class>/ and val/<class>/ folders")
     size = config.input_size or 224
     resize = config.resize or round(size * 256 / 224)
-    mean, std = STATS["imagefolder"]
+    mean, std = image_folder_stats(in_chans)
     if config.resized_crop_min_area > 0 and (config.photometric > 0 or config.random_interpolation):
         train_tf = T.paper_train_transform(size, mean, std, config.resized_crop_min_area, config.photometric,
                                            config.random_interpolation)
     else:
         train_tf = T.finetune_train_transform(size, mean, std, config.resized_crop_min_area or 0.25)
     eval_tf = T.eval_transform(size, resize, mean, std)
-    train = image_folder(config.data, "train")
-    test = image_folder(config.data, "val")
+    if in_chans == 1:
+        train_tf, eval_tf = _luma_pipeline(train_tf), _luma_pipeline(eval_tf)
+    train = image_folder(config.data, "train", channels=in_chans)
+    test = image_folder(config.data, "val", channels=in_chans)
     if train.class_names != test.class_names:
         only = [f"only in {split}/: {', '.join(sorted(set(mine) - set(theirs)))}"
                 for split, mine, theirs in (("train", train.class_names, test.class_names),
@@ -97,9 +100,17 @@ def _folder_loaders(config: TrainConfig, device: torch.device, rank: int, world_
     train_loader = FolderLoader(_limited(train, config.limit_train), config.batch_size * config.accum_steps,
                                 device, **common)
     test_loader = FolderLoader(_limited(test, config.limit_test), config.batch_size, device, **common)
-    info = DataInfo("imagefolder", train.class_names, 3, size, resize, mean, std,
+    info = DataInfo("imagefolder", train.class_names, in_chans, size, resize, mean, std,
                     len(train_loader), len(test_loader))
     return train_loader, test_loader, info
+
+
+def _luma_pipeline(transform):
+    """An RGB pipeline of data.transforms (each starts with v2.RGB()) made to keep 1-channel images:
+    the step that would turn the folder's luma images back into RGB becomes a grayscale one."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.Grayscale(1) if isinstance(step, v2.RGB) else step for step in transform.transforms])
 
 
 def _limited(dataset, limit: int | None):
@@ -133,7 +144,10 @@ def build_model(config: TrainConfig, num_classes: int, in_chans: int,
             say(f"note: {source} holds a {model.model_name}; training that model (not {config.model})")
         if config.aux_logits is False and model.aux_logits:
             model.drop_aux()  # records aux_logits=False in model_options itself
-    if model.in_chans != in_chans and not (model.in_chans == 3 and in_chans == 1):
+    # Grey tensors repeat into an RGB model; image files are re-read as luma for a 1-channel one
+    # (the Trainer rebuilds the loaders with the model's channels).
+    convertible = (model.in_chans == 3 and in_chans == 1) or (model.in_chans == 1 and config.dataset == "imagefolder")
+    if model.in_chans != in_chans and not convertible:
         raise UserError(f"{source} expects {model.in_chans}-channel images, the data has {in_chans}")
     trained_at = int(getattr(model, "meta", {}).get("input_size") or 0)
     if input_size and trained_at and max(trained_at / input_size, input_size / trained_at) >= 2:
