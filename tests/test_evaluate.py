@@ -11,7 +11,7 @@ import googlenet
 from googlenet import UserError
 from googlenet.cli import main as cli_main
 from googlenet.evaluate import (CropPlan, class_probabilities, compute_metrics, evaluate, evaluate_arrays,
-                                five_crop_offsets, format_result, scaled_scales, square_offsets)
+                                five_crop_offsets, folder_classes_to_model, format_result, scaled_scales, square_offsets)
 from googlenet.predict import TorchClassifier, normalize
 
 SIZE = 8  # tiny input: googlenet_cifar runs at 8 px (8 -> 4 -> 2 through its two pools)
@@ -47,10 +47,13 @@ def tiny_model():
 
 
 # ------------------------------------------------------------------ geometry
-def test_scales_match_the_paper_at_224_and_scale_proportionally():
-    assert scaled_scales(224) == (256, 288, 320, 352)
-    assert scaled_scales(28) == (32, 36, 40, 44)  # 28/224 = 1/8 exactly
-    assert scaled_scales(32) == (37, 41, 46, 50)
+def test_scales_match_the_paper_at_256_and_scale_with_the_models_own_resize():
+    """The first scale is the model's single-crop shorter side (the paper: 256 for 224 crops);
+    a 28-px model tested at 28 px gets 28 first, not 28 x 256/224 = 32."""
+    assert scaled_scales(256) == (256, 288, 320, 352)
+    assert scaled_scales(28) == (28, 32, 35, 38)
+    assert scaled_scales(32) == (32, 36, 40, 44)  # 32/256 = 1/8 exactly
+    assert CropPlan.for_meta(meta_for(28, 28), 10).scales[0] == 28
 
 
 @pytest.mark.parametrize("crops", [1, 10, 144])
@@ -105,9 +108,9 @@ def test_square_and_five_crop_offsets():
 
 
 def test_crop_plan_describes_scaled_geometry_and_rejects_bad_crops():
-    assert "scaled" in CropPlan.for_meta(meta_for(28, 28), 144).describe()
-    assert "32/36/40/44" in CropPlan.for_meta(meta_for(28, 28), 144).describe()
-    assert "scaled" not in CropPlan.for_meta(meta_for(224, 256), 144).describe()
+    assert "relative to its shorter side 256, here 28" in CropPlan.for_meta(meta_for(28, 28), 144).describe()
+    assert "28/32/35/38" in CropPlan.for_meta(meta_for(28, 28), 144).describe()
+    assert "relative" not in CropPlan.for_meta(meta_for(224, 256), 144).describe()
     with pytest.raises(UserError):
         CropPlan.for_meta(meta_for(), 5)
 
@@ -245,7 +248,7 @@ def test_eval_cli_json_and_text(weights_and_data, capsys):
     assert out["top1_error"] == pytest.approx(1 - out["top1"])
     assert cli_main(["eval", str(path), "--limit-test", "1", "--crops", "10", "--ensemble", str(path)]) == 0
     text = capsys.readouterr().out
-    assert "10 crops" in text and "ensemble of 2" in text and "scaled" in text
+    assert "10 crops" in text and "ensemble of 2" in text and "relative to its shorter side" in text
 
 
 def test_eval_picks_the_backend_by_suffix_and_an_ensemble_may_mix_them(weights_and_data, tmp_path, capsys):
@@ -438,3 +441,46 @@ def test_an_image_folder_with_no_readable_image_is_one_line_saying_why(tmp_path,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "none of the 2 image(s)" in err and "broken.png" in err, err
     assert "empty" not in err
+
+
+class ConstantClassifier:
+    """Always predicts class `index` (whatever the image): what it scores shows how labels were matched."""
+
+    def __init__(self, meta: dict, index: int) -> None:
+        self.meta, self.index = meta, index
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(len(x), self.meta["num_classes"])
+        logits[:, self.index] = 5.0
+        return logits
+
+
+def test_image_folder_classes_are_matched_to_the_model_by_name_not_folder_order(tmp_path, monkeypatch):
+    """Folders are listed alphabetically ("ant" before "zebra"); this model's class 0 is "zebra".
+    Matched by position, the three "ant" images were scored against "zebra": 25% instead of 75%."""
+    from PIL import Image
+
+    for name, count in (("ant", 3), ("zebra", 1)):
+        (tmp_path / "data" / "test" / name).mkdir(parents=True)
+        for i in range(count):
+            Image.new("L", (8, 8), 40 * i).save(tmp_path / "data" / "test" / name / f"{i}.png")
+    meta = {**meta_for(classes=2), "class_names": ["zebra", "ant"], "dataset": "imagefolder"}
+    monkeypatch.setattr("googlenet.evaluate.load_classifier", lambda path, **_: ConstantClassifier(meta, 1))
+    result = evaluate("m.safetensors", data_dir=tmp_path / "data")
+    assert result.top1 == pytest.approx(0.75) and result.per_class_total == [1, 3]
+    assert any("matched to the classes of m.safetensors by name" in n for n in result.notes)
+    assert format_result(result).splitlines()[4].startswith("note: the 2 class folders")  # above the tables
+
+
+def test_folder_class_names_match_with_the_characters_a_folder_cannot_hold():
+    from googlenet.data.datasets import FASHION_MNIST_CLASSES
+
+    folders = sorted(["T-shirt_top", "Trouser", "Ankle boot", "Bag"])
+    to_model, notes = folder_classes_to_model(folders, FASHION_MNIST_CLASSES, "DIR", "w")
+    assert to_model == [9, 8, 0, 1] and notes
+    assert folder_classes_to_model(FASHION_MNIST_CLASSES, FASHION_MNIST_CLASSES, "DIR", "w") == (None, [])
+    with pytest.raises(UserError, match="class folder.*Shoes match none of the classes of w"):
+        folder_classes_to_model(["Bag", "Shoes"], FASHION_MNIST_CLASSES, "DIR", "w")
+    # no name in common and as many classes: compared by index, with the warning as before
+    to_model, notes = folder_classes_to_model([str(i) for i in range(10)], FASHION_MNIST_CLASSES, "DIR", "w")
+    assert to_model is None and "compared by index" in notes[0]
