@@ -233,7 +233,22 @@ def test_a_mistyped_command_gets_a_suggestion(capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         "googlenet: error: unknown command 'trian'; did you mean 'train'? (commands: list-models, summary, "
-        "import-torchvision, train, eval, predict, export, bench)")
+        "import-torchvision, train, eval, predict, export, bench) (see `googlenet --help`)")
     with pytest.raises(SystemExit):
         main(["xyz"])
     assert "unknown command 'xyz' (commands: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["predict", "w.safetensors", "x.png", "--top-k", "3"],
+     "googlenet predict: error: unrecognized arguments: --top-k 3; did you mean --topk? (see `googlenet predict --help`)"),
+    (["eval", "w.safetensors", "--crops", "5"],
+     "googlenet eval: error: argument --crops: invalid choice: 5 (choose from 1, 10, 144) (see `googlenet eval --help`)"),
+])
+def test_flag_mistakes_are_one_line_from_the_subcommand_with_a_suggestion(argv, line, capsys):
+    """A mistyped subcommand flag was reported by the top-level parser (`usage: googlenet ...
+    COMMAND`), and a bad value came under a usage block of several lines."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [line]

@@ -43,8 +43,30 @@ class HelpFormatter(argparse.HelpFormatter):
         return "\n".join(lines)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: a wrong flag or value says what and where to look, instead
+    of a usage block of several lines above the message (subcommands inherit it)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+    def command_parser(self, command: str | None) -> "Parser":
+        """The subcommand's parser (this one for no command)."""
+        subparsers = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+        return subparsers[0].choices.get(command, self) if subparsers and command else self
+
+    def unrecognized(self, extra: list[str]) -> None:
+        """Error for arguments no option took, suggesting the closest flag of this parser."""
+        import difflib
+
+        flags = [f for a in self._actions for f in a.option_strings if f.startswith("--")]
+        hints = [close[0] for arg in extra if arg.startswith("--")
+                 for close in [difflib.get_close_matches(arg.split("=", 1)[0], flags, n=1, cutoff=0.6)] if close]
+        self.error(f"unrecognized arguments: {' '.join(extra)}" + (f"; did you mean {', '.join(hints)}?" if hints else ""))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="googlenet",
         formatter_class=HelpFormatter,
         description="GoogLeNet (Inception v1): build, train, evaluate, export and benchmark.",
@@ -135,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = _attach_dashed_values(sys.argv[1:] if argv is None else argv)
     _check_command_name(parser, argv)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the subcommand's parser, with the flag probably meant
+        parser.command_parser(getattr(args, "command", None)).unrecognized(extra)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -344,9 +344,10 @@ def folder_classes_to_model(folder_names: Sequence[str], model_names: Sequence[s
                          f"{weights} by name"]
     if len(unmatched) < len(folder_names):
         shown = ", ".join(unmatched[:5]) + (", ..." if len(unmatched) > 5 else "")
-        raise UserError(f"{root}: class folder(s) {shown} match none of the classes of {weights} "
-                        f"({', '.join(list(model_names)[:5])}{', ...' if len(model_names) > 5 else ''}); "
-                        "rename them after the model's classes")
+        names = ", ".join(list(model_names)[:5]) + (", ..." if len(model_names) > 5 else "")
+        raise UserError(f"{root} has {len(folder_names)} classes and {len(unmatched)} of them ({shown}) match none of "
+                        f"the {len(model_names)} classes of {weights} ({names}); rename those folders after the "
+                        "model's classes")
     return None, _check_dataset_classes(folder_names, model_names, "imagefolder", weights)
 
 
