@@ -21,6 +21,15 @@ def native_input():
     return _native_input
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_dataset_cache(tmp_path_factory):
+    """Decoded datasets go to a folder of this session, never the user's ~/.cache/googlenet
+    (the fake datasets of each run would add entries there; subprocesses inherit it)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GOOGLENET_CACHE", str(tmp_path_factory.mktemp("googlenet-cache")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_one_thread():
     """A fixed seed, and one intra-op thread: the tests' tiny convolutions run fastest so

@@ -44,6 +44,17 @@ def test_fashion_mnist_test_split_limit_and_cache(tmp_path):
     assert len(load_dataset("fashion-mnist", "test")) == 10_000
 
 
+def test_the_cache_keeps_a_few_entries_per_split_not_one_per_copy_ever_read(tmp_path):
+    """Each copy of a dataset (another folder, a re-download) is its own entry; old ones are pruned."""
+    for copy in range(datasets.CACHE_ENTRIES_PER_SPLIT + 2):
+        _fake_fmnist(tmp_path / f"copy{copy}")
+        load_dataset("fashion-mnist", "test", data_dir=tmp_path / f"copy{copy}")
+    cached = list((tmp_path / "cache" / "datasets").glob("fashion-mnist-test-*.safetensors"))
+    assert len(cached) == datasets.CACHE_ENTRIES_PER_SPLIT
+    newest = tmp_path / f"copy{datasets.CACHE_ENTRIES_PER_SPLIT + 1}"
+    assert len(load_dataset("fashion-mnist", "test", data_dir=newest)) == 6  # still cached and readable
+
+
 def _write_idx(path: Path, array: np.ndarray, magic: int | None = None) -> None:
     dims = array.shape
     header = (magic if magic is not None else 0x0800 + len(dims)).to_bytes(4, "big")

@@ -130,9 +130,23 @@ def _cached(key_name: str, sources: list[Path], decode: Callable[[], tuple[torch
     images, labels = decode()
     try:
         atomic_write(path, lambda tmp: save_file({"images": images, "labels": labels}, tmp))
+        _prune(path.parent, key_name, keep=path)
     except OSError:
         pass  # a read-only cache only costs speed
     return images, labels
+
+
+CACHE_ENTRIES_PER_SPLIT = 4  # decoded copies kept per dataset split (one per source files' identity)
+
+
+def _prune(folder: Path, key_name: str, keep: Path) -> None:
+    """Remove all but the newest CACHE_ENTRIES_PER_SPLIT entries of `key_name`: each moved or
+    re-downloaded copy of a dataset gets its own entry, and old ones would pile up for ever."""
+    entries = sorted(folder.glob(f"{key_name}-" + "?" * 16 + ".safetensors"),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[CACHE_ENTRIES_PER_SPLIT:]:
+        if old != keep:
+            old.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------ Fashion-MNIST
