@@ -397,6 +397,23 @@ def test_our_other_files_given_as_weights_say_what_they_are(tiny, tmp_path, caps
     assert cli_main(["predict", str(image), str(weights)]) == 2
     err = capsys.readouterr().err.strip()
     assert f"{image} is an image, not a weights file; were the arguments swapped?" in err and len(err.splitlines()) == 1
+    # A run's text files, and the other two files of an ncnn export, name what to pass instead.
+    (run / "config.yaml").write_text("model: googlenet_cifar\n")
+    assert cli_main(["eval", str(run / "config.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == (f"googlenet eval: error: {run / 'config.yaml'} is a text file, not "
+                                               f"weights; this run's weights are {run / 'model.safetensors'}")
+    for part in ("m.bin", "m.json"):
+        (tmp_path / "m.param").write_text("7767517\n")
+        (tmp_path / part).write_bytes(b"\0" * 8)
+        assert cli_main(["predict", str(tmp_path / part), str(image)]) == 2
+        assert capsys.readouterr().err.strip().endswith(f"is part of an ncnn export; pass its graph file, "
+                                                        f"{tmp_path / 'm.param'}")
+    assert "predict and eval take .safetensors weights, a run folder, an .onnx file or an ncnn .param file" in \
+        (cli_main(["eval", str(script)]), capsys.readouterr().err)[1]
+    # import-torchvision given our own checkpoint: says so, not a list of shape mismatches
+    assert cli_main(["import-torchvision", str(run / "last.pt"), str(tmp_path / "x.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a googlenet training checkpoint, not a torchvision one" in err and len(err.splitlines()) == 1
 
 
 def test_a_folder_without_images_is_reported_as_such(tmp_path):

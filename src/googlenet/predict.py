@@ -258,17 +258,27 @@ def _naming(weights: str | os.PathLike):
         raise UserError(f"{weights}: {e}") from None
 
 
+RUNS = ".safetensors weights, a run folder, an .onnx file or an ncnn .param file"  # what predict/eval take
+
+
 def _our_model(weights: str | os.PathLike, backend: str) -> nn.Module:
-    """load_weights, or one line that says which backend runs the export given instead."""
+    """load_weights, or one line that says which file predict and eval can run instead."""
     from .models.weights import WeightsError, load_weights
 
+    path = Path(weights)
+    graph = path.with_suffix(".param")
+    if path.suffix.lower() in (".bin", ".json") and graph.is_file():  # the other two files of an ncnn export
+        raise UserError(f"{path} is part of an ncnn export; pass its graph file, {graph}")
     try:
         return load_weights(weights)
-    except WeightsError:  # its message already names our other outputs (TorchScript, last.pt)
+    except WeightsError as e:  # its message already names our other outputs (TorchScript, last.pt)
         wrong_backend = _export_given_to(weights, backend)
         if wrong_backend is not None:
             raise wrong_backend from None
-        raise
+        # load_weights speaks for every command; predict and eval run exports too
+        message = str(e).replace("this command takes .safetensors weights (the file it was exported from)",
+                                 f"predict and eval take {RUNS}")
+        raise UserError(message) from None
 
 
 def _ncnn_classifier(weights: str | os.PathLike) -> Classifier:

@@ -146,10 +146,17 @@ def _not_weights_message(path: Path, error: Exception) -> str:
     if path.suffix.lower() in FOLDER_IMAGE_SUFFIXES:  # `predict shoe.png model.safetensors`
         return (f"{path} is an image, not a weights file; were the arguments swapped? "
                 "(predict takes WEIGHTS first, then the images)")
+    if path.suffix.lower() in TEXT_SUFFIXES:  # config.yaml, metrics.csv, an ncnn export's .json
+        run_weights = path.parent / RUN_WEIGHTS
+        return (f"{path} is a text file, not weights"
+                + (f"; this run's weights are {run_weights}" if run_weights.is_file() else ""))
     hint = ""
     if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
         hint = "; for a torchvision checkpoint run `googlenet import-torchvision FILE.pth OUT.safetensors`"
     return f"{path} is not a safetensors weights file ({first_line(error)}){hint}"
+
+
+TEXT_SUFFIXES = (".yaml", ".yml", ".json", ".csv", ".txt", ".log", ".md")
 
 
 def _other_output_message(path: Path) -> str | None:
@@ -283,6 +290,11 @@ def read_torch_checkpoint(path: str | os.PathLike) -> dict:
 
 def import_torchvision(pth: str | os.PathLike, out: str | os.PathLike, transform_input: bool | None = None) -> Path:
     """Convert a torchvision GoogLeNet .pth state_dict into a googlenet_tv weights file."""
+    if _is_training_checkpoint(_existing(pth)):  # ours: the shape mismatches would not say so
+        weights = Path(pth).parent / RUN_WEIGHTS
+        raise WeightsError(f"{pth} is a googlenet training checkpoint, not a torchvision one; nothing to import"
+                           + (f": its run's weights are {weights}" if weights.is_file() else
+                              f" (its run has not finished: `googlenet train --resume {Path(pth).parent}`)"))
     state = read_torch_checkpoint(pth)
     model = _tv_state_to_model(state, str(pth), transform_input)
     return save_weights(model, out)
