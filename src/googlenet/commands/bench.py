@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="example: googlenet bench --device cpu --quick --json",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda (cuda:N) or auto (a GPU if there is one; default cpu)")
-    p.add_argument("--quick", action="store_true", help="fewer repeats (CPU: 2-3 minutes on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="fewer repeats (CPU: about 3 minutes on 2 idle cores, 5-6 when they are shared)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads for both contenders (default: torch's default, one per core)")

@@ -88,9 +88,13 @@ class BudgetPlanning:
         subset_note = f", per-epoch test on the first {eval_subset} images" if eval_subset else ""
         if light:
             subset_note += ", under one pass: flips only (no crops/erasing)"
+        # A budget's epochs are where it tests and checkpoints, not always whole passes: say so.
+        per_epoch = total / epochs / per_pass
+        epoch_size = "" if abs(per_epoch - 1) < 0.01 else f" of {per_epoch:.2g} passes each"
         self.say(f"budget {duration_label(c.budget)}: {step_s:.2f} s/step, {eval_rate:.0f} test img/s -> {total} steps "
                  f"({total * self.train_loader.global_batch} images, {total / per_pass:.3g} passes) in "
-                 f"{epochs} epoch{'s' if epochs != 1 else ''}{subset_note}; final test on all {test_images} images")
+                 f"{epochs} epoch{'s' if epochs != 1 else ''}{epoch_size}{subset_note}; final test on all "
+                 f"{test_images} images")
         if final_eval_s > 0.5 * budget:  # the budget is mostly the final test: the run will overrun or barely train
             passes = 3 if self.config.tta_flip else 1  # flip averaging tests each image three times
             fits = int(0.25 * budget * eval_rate / passes)  # images a quarter of the budget can test
