@@ -217,7 +217,7 @@ def weights_and_data(tmp_path, monkeypatch, tiny_model):
 
 def test_evaluate_file_uses_the_recorded_dataset(weights_and_data, tiny_model):
     path, data, calls = weights_and_data
-    result = evaluate(path, limit=6, device="cpu", batch_size=4, progress=True)
+    result = evaluate(path, limit_test=6, device="cpu", batch_size=4, progress=True)
     assert calls == [("fashion-mnist", "test", 6)]
     direct = evaluate_arrays(TorchClassifier(tiny_model), data.images[:6], data.labels[:6])
     assert result.num_images == 6 and result.confusion == direct.confusion

@@ -389,11 +389,13 @@ def torch_only_flags_note(paths: Sequence[str], backend: str, device: str, bf16:
 
 
 def evaluate(weights: str | os.PathLike, dataset: str | None = None, data_dir: str | os.PathLike | None = None,
-             limit: int | None = None, crops: int = 1, ensemble: Sequence[str | os.PathLike] = (),
+             limit_test: int | None = None, crops: int = 1, ensemble: Sequence[str | os.PathLike] = (),
              batch_size: int = 256, device: str = "auto", bf16: bool = False, backend: str = "auto",
              progress: bool = False) -> EvalResult:
     """Python API of `googlenet eval`: evaluate a weights file (or an ensemble) on a test set.
 
+    limit_test: the first N test images (an image folder: N spread over its classes), as
+      `--limit-test N`.
     progress: progress on stderr (images done over all models, img/s, time left): a bar on a
       terminal, else a line a minute (googlenet.progress).
     """
@@ -402,8 +404,8 @@ def evaluate(weights: str | os.PathLike, dataset: str | None = None, data_dir: s
         raise UserError(f"--crops must be one of {', '.join(map(str, CROPS))}, not {crops}")
     if batch_size < 1:
         raise UserError(f"--batch-size must be positive, not {batch_size}")
-    if limit is not None and limit < 1:
-        raise UserError(f"--limit-test must be a positive number of images, not {limit}")
+    if limit_test is not None and limit_test < 1:
+        raise UserError(f"--limit-test must be a positive number of images, not {limit_test}")
     classifiers = [load_classifier(p, backend=backend, device=device, bf16=bf16) for p in paths]
     class_names = check_same_classes(classifiers, paths)
     dataset = dataset or classifiers[0].meta.get("dataset")
@@ -414,7 +416,7 @@ def evaluate(weights: str | os.PathLike, dataset: str | None = None, data_dir: s
     if dataset == "imagefolder":
         if data_dir is None:
             raise UserError("--dataset imagefolder needs --data DIR (with test/<class>/ or val/<class>/ image folders)")
-        names, count, batches_for = _image_folder_batches(data_dir, limit, skipped)
+        names, count, batches_for = _image_folder_batches(data_dir, limit_test, skipped)
         to_model, matched_notes = folder_classes_to_model(names, class_names, data_dir, paths[0])
         notes += matched_notes
         if to_model is None:
@@ -425,7 +427,7 @@ def evaluate(weights: str | os.PathLike, dataset: str | None = None, data_dir: s
     else:
         from .data import load_dataset
 
-        data = load_dataset(dataset, "test", data_dir, limit)
+        data = load_dataset(dataset, "test", data_dir, limit_test)
         notes += _check_dataset_classes(data.class_names, class_names, dataset, paths[0])
         count = len(data)
         chunk = images_per_chunk(batch_size, crops)

@@ -48,7 +48,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
 
     from ..evaluate import evaluate, format_result
 
-    result = evaluate(args.weights, dataset=args.dataset, data_dir=args.data, limit=args.limit_test,
+    result = evaluate(args.weights, dataset=args.dataset, data_dir=args.data, limit_test=args.limit_test,
                       crops=args.crops, ensemble=args.ensemble, batch_size=args.batch_size,
                       device=args.device, bf16=args.bf16, backend=args.backend,
                       progress=True)  # a bar on a terminal, else a line a minute
