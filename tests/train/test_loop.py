@@ -415,3 +415,16 @@ def test_budget_replan_after_epoch_2_refits_steps_and_merges_epochs_when_checkpo
     # time left 71 s, 8 epochs x 0.2 s: 69.4 s for 80 more steps of 0.8675 s, as planned
     loop.Trainer._replan_budget(on_course, train_s=10 * 0.8675, cycle_overhead_s=0.2)
     assert on_course.plan.total_steps == 100 and on_course.plan.epochs == 10 and len(said) == 1
+
+
+def test_the_python_api_names_a_busy_or_unstarted_run_folder_as_the_cli_does(fmnist_dir, tmp_path):
+    from googlenet.train import guard
+
+    config = resolve_config(flags={**TINY, "data": str(fmnist_dir), "epochs": 1})
+    run = tmp_path / "run"
+    with guard.RunLock(run):  # another train holds it
+        with pytest.raises(UserError, match=rf"{run} is in use by another googlenet train \(pid \d+\)"):
+            train(config, out=run)
+    (run / "config.yaml").write_text("epochs: 1\n")  # killed before its first checkpoint
+    with pytest.raises(UserError, match="stopped before its first checkpoint: nothing to resume"):
+        train(config, resume=run)

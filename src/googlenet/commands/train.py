@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import time
-from pathlib import Path
 
 # Command-line flags that map one-to-one onto TrainConfig fields.
 CONFIG_FLAGS = ("model", "dataset", "data", "epochs", "budget", "batch_size", "lr", "device", "seed",
@@ -118,31 +116,14 @@ def _flags_besides_resume(args: argparse.Namespace) -> list[str]:
 
 
 def _refuse_busy_or_unstarted_run(args: argparse.Namespace) -> None:
-    """Raise the UserError for a run folder this command cannot use, worded by what happened to it:
-    another train still holds it (--out or --resume: either would be refused by its lock), or
-    --resume names a run killed before its first checkpoint. Other cases are left to train()."""
-    from ..errors import UserError
-    from ..train import checkpoint, guard
+    """Before any process starts (--nproc launches several): a run folder this command cannot
+    use, worded by what happened to it (train() checks the same for the Python API)."""
+    from ..train import guard
     from ..train.distributed import env_world_size
 
     folder = args.resume or args.out
-    if folder is None or env_world_size() > 1:  # under torchrun, rank 0's own lock would count as another's
-        return
-    folder = Path(folder)
-    if args.resume and folder.is_file():  # --resume RUN/last.pt
-        folder = folder.parent
-    owner = guard.run_in_use(folder)
-    if owner is not None:
-        raise guard.in_use_error(folder, owner)
-    if not args.resume or not folder.is_dir() or (folder / checkpoint.LAST).exists():
-        return
-    config = folder / "config.yaml"  # the first file a run writes, before its first step
-    if config.is_file():
-        raise UserError(f"{folder} stopped before its first checkpoint: nothing to resume; start it again with "
-                        f"`googlenet train --config {shlex.quote(str(config))} --out {shlex.quote(str(folder))}`")
-    if (folder / ".lock").is_file():  # killed while still loading its data
-        raise UserError(f"{folder} stopped before its first checkpoint: nothing to resume; start it again with "
-                        f"the command that started it (--out {folder} is free to reuse)")
+    if folder is not None and env_world_size() == 1:  # under torchrun, rank 0's own lock would count as another's
+        guard.refuse_unusable_run(folder, resume=bool(args.resume))
 
 
 def run(args: argparse.Namespace) -> int:

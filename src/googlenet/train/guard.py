@@ -455,6 +455,31 @@ def run_in_use(run_dir: str | os.PathLike) -> str | None:
     return None
 
 
+def refuse_unusable_run(folder: str | os.PathLike, resume: bool) -> None:
+    """The UserError for a run folder `train` cannot use, worded by what happened to it: another
+    train still holds it (as --out or --resume: its lock would refuse either), or --resume
+    names a run killed before its first checkpoint. Other cases are left to train itself."""
+    import shlex
+
+    from .checkpoint import LAST
+
+    folder = Path(folder)
+    if resume and folder.is_file():  # --resume RUN/last.pt
+        folder = folder.parent
+    owner = run_in_use(folder)
+    if owner is not None:
+        raise in_use_error(folder, owner)
+    if not resume or not folder.is_dir() or (folder / LAST).exists():
+        return
+    config = folder / "config.yaml"  # the first file a run writes, before its first step
+    if config.is_file():
+        raise UserError(f"{folder} stopped before its first checkpoint: nothing to resume; start it again with "
+                        f"`googlenet train --config {shlex.quote(str(config))} --out {shlex.quote(str(folder))}`")
+    if (folder / ".lock").is_file():  # killed while still loading its data
+        raise UserError(f"{folder} stopped before its first checkpoint: nothing to resume; start it again with "
+                        f"the command that started it (--out {folder} is free to reuse)")
+
+
 def _holds_only(folder: Path, name: str) -> bool:
     try:
         return [p.name for p in folder.iterdir()] == [name]
@@ -476,4 +501,4 @@ def remove_stale_temp_files(run_dir: str | os.PathLike) -> list[Path]:
 
 
 __all__ = ["NonFiniteGuard", "ON_NAN_CHOICES", "RunLock", "StopRequested", "StopSignals", "all_finite", "buffers_snapshot",
-           "in_use_error", "remove_stale_temp_files", "restore_buffers", "run_in_use", "save_failed", "write_error"]
+           "in_use_error", "refuse_unusable_run", "remove_stale_temp_files", "restore_buffers", "run_in_use", "save_failed", "write_error"]

@@ -100,6 +100,8 @@ def train(config: TrainConfig, out: str | Path | None = None, resume: str | Path
     under the run's header line (after the setup's checks, so a rejected command prints none)."""
     process = process or Process()
     payload = None
+    if process.is_main and (resume is not None or out is not None):  # before this process takes the lock
+        guard.refuse_unusable_run(resume if resume is not None else out, resume=resume is not None)
     if resume is not None:
         payload = ckpt.load_checkpoint(resume)
         config = config_from_dict(payload["config"])
