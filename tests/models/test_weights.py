@@ -130,6 +130,10 @@ def test_a_run_folder_without_weights_says_why(tmp_path):
     (run / "last.pt").unlink()
     with pytest.raises(WeightsError, match="is a folder, not a weights file; expected .*model.safetensors"):
         googlenet.load_weights(run)
+    (run / "config.yaml").write_text("epochs: 1\n")  # a run killed before its first checkpoint
+    with pytest.raises(WeightsError, match=r"is a run that stopped before its first checkpoint: it has no weights; "
+                                           r"start it again with `googlenet train --config .*config.yaml --out "):
+        googlenet.load_weights(run)
 
 
 def test_a_training_checkpoint_as_weights_points_to_the_runs_weights(tmp_path, capsys):

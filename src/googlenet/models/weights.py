@@ -125,6 +125,9 @@ def weights_file(path: str | os.PathLike) -> Path:
         if (path / RUN_CHECKPOINT).is_file():
             raise WeightsError(f"{path} is a folder, not a weights file, and its run has not finished "
                                f"(no {RUN_WEIGHTS} yet); resume it with `googlenet train --resume {path}`")
+        if (path / "config.yaml").is_file():  # a run's first file: it stopped before its first checkpoint
+            raise WeightsError(f"{path} is a run that stopped before its first checkpoint: it has no weights; start "
+                               f"it again with `googlenet train --config {path / 'config.yaml'} --out {path}`")
         raise WeightsError(f"{path} is a folder, not a weights file; expected {weights}, "
                            "which a finished `googlenet train` run writes")
     return _existing(path)
