@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -469,7 +470,7 @@ def test_image_folder_classes_are_matched_to_the_model_by_name_not_folder_order(
     result = evaluate("m.safetensors", data_dir=tmp_path / "data")
     assert result.top1 == pytest.approx(0.75) and result.per_class_total == [1, 3]
     assert any("matched to the classes of m.safetensors by name" in n for n in result.notes)
-    assert format_result(result).splitlines()[4].startswith("note: the 2 class folders")  # above the tables
+    assert format_result(result).splitlines()[4].startswith("note: the 2 classes of ")  # above the tables
 
 
 def test_folder_class_names_match_with_the_characters_a_folder_cannot_hold():
@@ -484,3 +485,20 @@ def test_folder_class_names_match_with_the_characters_a_folder_cannot_hold():
     # no name in common and as many classes: compared by index, with the warning as before
     to_model, notes = folder_classes_to_model([str(i) for i in range(10)], FASHION_MNIST_CLASSES, "DIR", "w")
     assert to_model is None and "compared by index" in notes[0]
+
+
+def test_a_tensor_dataset_is_matched_by_class_name_too(monkeypatch):
+    """A model fine-tuned on an image folder lists Fashion-MNIST's classes alphabetically;
+    `eval --dataset fashion-mnist` compared them by index (28% for a good model)."""
+    from googlenet.data import datasets
+
+    if not (Path(datasets.FASHION_MNIST_SYSTEM_DIR) / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip("dataset-fashion-mnist is not installed")
+    alphabetical = sorted(datasets.FASHION_MNIST_CLASSES)
+    meta = {**meta_for(classes=10), "class_names": alphabetical, "dataset": "fashion-mnist"}
+    ankle_boot = alphabetical.index("Ankle boot")  # 0 here, 9 in the dataset
+    monkeypatch.setattr("googlenet.evaluate.load_classifier", lambda path, **_: ConstantClassifier(meta, ankle_boot))
+    result = evaluate("m.safetensors", limit_test=100)
+    labels = datasets.load_dataset("fashion-mnist", "test", limit=100).labels
+    assert result.top1 == pytest.approx(float((labels == 9).float().mean()))
+    assert any("matched to the classes of m.safetensors by name" in n for n in result.notes)

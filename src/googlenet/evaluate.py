@@ -15,7 +15,6 @@ mirror: 4 x 3 x 6 x 2 = 144 views. 10 crops are the four corners and the centre 
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
@@ -320,27 +319,21 @@ def _check_dataset_classes(dataset_names: Sequence[str], model_names: Sequence[s
     return notes
 
 
-def _class_key(name: str) -> str:
-    """A class name as a folder can spell it: "T-shirt/top" (no "/" in a folder name) is
-    the folder "T-shirt_top", "tshirt top" or "TShirtTop" alike."""
-    return re.sub(r"[^0-9a-z]", "", name.lower())
-
-
 def folder_classes_to_model(folder_names: Sequence[str], model_names: Sequence[str], root: str | os.PathLike,
                             weights: str) -> tuple[list[int] | None, list[str]]:
-    """(model class index of each class folder, notes): image folders list their classes in
-    alphabetical order, which is rarely the order a model was trained in (Fashion-MNIST's
-    "Ankle boot" folder comes first, class 9 of the model). Matched by name; when no folder
-    name matches, by index as for a tensor dataset, with a warning; a partial match is an error."""
+    """(model class index of each of the data's classes, notes): image folders list their classes
+    in alphabetical order, which is rarely the order a model was trained in (Fashion-MNIST's
+    "Ankle boot" folder comes first, class 9 of the model), and a model fine-tuned on such a
+    folder keeps that order. Matched by name; when no name matches, by index, with a warning;
+    a partial match is an error. None when the orders already agree."""
+    from .data.datasets import match_class_names
+
     if list(folder_names) == list(model_names):
         return None, []
-    index = {}
-    for i, name in enumerate(model_names):
-        index.setdefault(_class_key(name), i)
-    matched = [index.get(_class_key(name)) for name in folder_names]
+    matched = match_class_names(folder_names, model_names)
     unmatched = [name for name, i in zip(folder_names, matched) if i is None]
     if not unmatched and len(set(matched)) == len(matched):
-        return matched, [f"note: the {len(folder_names)} class folders of {root} were matched to the classes of "
+        return matched, [f"note: the {len(folder_names)} classes of {root} were matched to the classes of "
                          f"{weights} by name"]
     if len(unmatched) < len(folder_names):
         shown = ", ".join(unmatched[:5]) + (", ..." if len(unmatched) > 5 else "")
@@ -428,10 +421,12 @@ def evaluate(weights: str | os.PathLike, dataset: str | None = None, data_dir: s
         from .data import load_dataset
 
         data = load_dataset(dataset, "test", data_dir, limit_test)
-        notes += _check_dataset_classes(data.class_names, class_names, dataset, paths[0])
+        to_model, matched_notes = folder_classes_to_model(data.class_names, class_names, dataset, paths[0])
+        notes += matched_notes
+        labels = data.labels if to_model is None else torch.tensor(to_model)[data.labels]
         count = len(data)
         chunk = images_per_chunk(batch_size, crops)
-        make_batches = lambda _c: array_batches(data.images, data.labels, chunk)  # noqa: E731
+        make_batches = lambda _c: array_batches(data.images, labels, chunk)  # noqa: E731
         for classifier, path in zip(classifiers, paths):
             if int(classifier.meta["in_chans"]) != data.in_chans:
                 notes.append(f"note: {path} takes {classifier.meta['in_chans']}-channel input; "

@@ -109,3 +109,28 @@ def test_a_per_epoch_test_subset_of_an_image_folder_spans_every_class(tmp_path):
     halves = [FolderLoader(image_folder(data, "val"), 2, "cpu", eval_transform=to_tensor, workers=0,
                            rank=rank, world_size=2) for rank in (0, 1)]
     assert sorted(int(y) for h in halves for _, ys in h.eval_batches(6) for y in ys) == [0, 0, 1, 1, 2, 2]
+
+
+def test_fine_tuning_keeps_the_weights_preprocessing_and_puts_their_classes_in_the_folders_order(tmp_path):
+    """Fashion-MNIST weights fine-tuned on a folder of the same classes: the folder lists them
+    alphabetically, and the classifier was kept by index (class 0 "T-shirt/top" trained as
+    "Ankle boot": 80% -> 24%); the data was also resized to 224 px and ImageNet-normalised."""
+    from googlenet.data.datasets import FASHION_MNIST_CLASSES
+    from googlenet.train.setup import build_loaders, build_model
+
+    folders = [name.replace("/", "_") for name in FASHION_MNIST_CLASSES[:3]]  # T-shirt_top, Trouser, Pullover
+    data = _folder(tmp_path / "imgs", classes=folders, per_class=2, size=12)
+    source = googlenet.create_model("googlenet_cifar", num_classes=3, in_chans=1)
+    googlenet.save_weights(source, tmp_path / "w.safetensors", class_names=FASHION_MNIST_CLASSES[:3],
+                           input_size=12, resize=12, mean=[0.286], std=[0.353], dataset="fashion-mnist")
+    config = resolve_config(flags={"dataset": "imagefolder", "data": str(data), "weights": str(tmp_path / "w.safetensors"),
+                                   "model": "googlenet_cifar", "workers": 0, "device": "cpu"})
+    _, _, info = build_loaders(config, torch.device("cpu"), model_in_chans=1)
+    assert (info.input_size, info.resize, info.mean, info.std) == (12, 12, (0.286,), (0.353,))
+    assert info.class_names == ["Pullover", "T-shirt_top", "Trouser"]
+    said = []
+    model = build_model(config, 3, 1, say=said.append, class_names=info.class_names).eval()
+    assert "put in the data's class order" in said[-1]
+    x = torch.rand(2, 1, 12, 12)
+    with torch.no_grad():  # the same network, its outputs listed in the folder's order
+        torch.testing.assert_close(model(x), source.eval()(x)[:, [2, 0, 1]])

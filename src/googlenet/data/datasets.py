@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -425,6 +426,20 @@ def _shorter_folder_error(message: str) -> str:
     shown = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
     return (f"{len(empty)} class folder(s) hold no image file ({shown}); add images to them or remove them "
             f"(image files end in {found.group(2)})")
+
+
+def class_key(name: str) -> str:
+    """A class name as a folder can spell it: "T-shirt/top" (no "/" in a folder name) is
+    the folder "T-shirt_top", "tshirt top" or "TShirtTop" alike."""
+    return re.sub(r"[^0-9a-z]", "", name.lower())
+
+
+def match_class_names(names: Sequence[str], targets: Sequence[str]) -> list[int | None]:
+    """For each of `names`, the index of the same class in `targets` by class_key, else None."""
+    index: dict[str, int] = {}
+    for i, name in enumerate(targets):
+        index.setdefault(class_key(name), i)
+    return [index.get(class_key(name)) for name in names]
 
 
 def spread_over_classes(samples: Sequence, limit: int | None) -> list:

@@ -6,7 +6,7 @@ maxpool2, inception3a, ..., aux1, aux2, fc), so `googlenet_tv` loads its state_d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -258,6 +258,17 @@ class GoogLeNet(nn.Module):
             nn.init.normal_(self.fc.weight, std=0.01)
             nn.init.zeros_(self.fc.bias)
         self.to(device)
+
+    def reorder_classes(self, order: Sequence[int]) -> None:
+        """Make class i of the classifier (and aux heads) what class order[i] was: the same
+        network with its outputs listed in another order (fine-tuning on an image folder,
+        whose classes come in alphabetical order, from weights trained in another)."""
+        index = torch.as_tensor(list(order))
+        heads = [self.fc] + [aux.fc2 for aux in (self.aux1, self.aux2) if aux is not None]
+        with torch.no_grad():
+            for layer in heads:
+                layer.weight.copy_(layer.weight[index])
+                layer.bias.copy_(layer.bias[index])
 
     def drop_aux(self) -> None:
         """Remove the auxiliary heads (they are only used for training)."""

@@ -152,7 +152,7 @@ class Trainer(BudgetPlanning):
         self.train_loader, self.test_loader, self.info = build_loaders(config, self.device, None, process.rank,
                                                                        process.world_size)
         model = build_model(config, len(self.info.class_names), self.info.in_chans, say=self.say,
-                            input_size=self.info.input_size)
+                            input_size=self.info.input_size, class_names=self.info.class_names)
         if model.in_chans != self.info.in_chans:  # grey data into an RGB model: repeat the channel
             self.train_loader, self.test_loader, self.info = build_loaders(
                 config, self.device, model.in_chans, process.rank, process.world_size)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -73,9 +73,16 @@ def _folder_loaders(config: TrainConfig, device: torch.device, in_chans: int, ra
 
     if not config.data:
         raise UserError("--dataset imagefolder needs --data DIR holding train/<class>/ and val/<class>/ folders")
-    size = config.input_size or 224
-    resize = config.resize or round(size * 256 / 224)
+    # Fine-tuning from weights keeps their preprocessing (size, resize, normalisation) unless told
+    # otherwise: Fashion-MNIST weights were refitted to 224-px ImageNet-normalised images.
+    weights_meta = _weights_preprocessing(config.weights)
+    size = config.input_size or int(weights_meta.get("input_size") or 224)
+    same_size = size == weights_meta.get("input_size")
+    resize = config.resize or (int(weights_meta["resize"]) if same_size and weights_meta.get("resize") else
+                               round(size * 256 / 224))
     mean, std = image_folder_stats(in_chans)
+    if len(weights_meta.get("mean") or []) == in_chans == len(weights_meta.get("std") or []):
+        mean, std = tuple(weights_meta["mean"]), tuple(weights_meta["std"])
     if config.resized_crop_min_area > 0 and (config.photometric > 0 or config.random_interpolation):
         train_tf = T.paper_train_transform(size, mean, std, config.resized_crop_min_area, config.photometric,
                                            config.random_interpolation)
@@ -105,6 +112,17 @@ def _folder_loaders(config: TrainConfig, device: torch.device, in_chans: int, ra
     return train_loader, test_loader, info
 
 
+def _weights_preprocessing(weights: str | None) -> dict:
+    """The input_size/resize/mean/std a weights file (or run folder) records; {} for none or
+    "imagenet" (whose preprocessing is the image-folder default anyway)."""
+    if weights is None or weights == "imagenet":
+        return {}
+    from ..models import read_metadata
+
+    meta = read_metadata(weights)
+    return {key: meta[key] for key in ("input_size", "resize", "mean", "std") if meta.get(key)}
+
+
 def _luma_pipeline(transform):
     """An RGB pipeline of data.transforms (each starts with v2.RGB()) made to keep 1-channel images:
     the step that would turn the folder's luma images back into RGB becomes a grayscale one."""
@@ -126,9 +144,11 @@ def _limited(dataset, limit: int | None):
 
 # ------------------------------------------------------------------ model
 def build_model(config: TrainConfig, num_classes: int, in_chans: int,
-                say: Callable[[str], None] = print, input_size: int | None = None) -> nn.Module:
-    """A fresh model, or one started from --weights (classifier replaced if the class count
-    differs; a note when `input_size`, the data's, is far from the size they were trained at)."""
+                say: Callable[[str], None] = print, input_size: int | None = None,
+                class_names: Sequence[str] | None = None) -> nn.Module:
+    """A fresh model, or one started from --weights: classifier replaced if the class count
+    differs, its outputs put in the order of the data's `class_names` when the names match;
+    a note when `input_size`, the data's, is far from the size they were trained at."""
     from ..models import create_model, load_weights
 
     options = dict(aux_logits=config.aux_logits, dropout=config.dropout, dropout_aux=config.dropout_aux)
@@ -158,7 +178,28 @@ def build_model(config: TrainConfig, num_classes: int, in_chans: int,
         heads = "classifier and auxiliary heads" if model.aux_logits else "classifier"
         say(f"fine-tuning: replacing the {heads} of {source} ({model.num_classes} -> {num_classes} classes)")
         model.reset_classifier(num_classes)  # records the new num_classes itself
+    elif class_names is not None:
+        _classes_in_data_order(model, class_names, source, say)
     return model
+
+
+def _classes_in_data_order(model: nn.Module, class_names: Sequence[str], source: str,
+                           say: Callable[[str], None]) -> None:
+    """The weights' classes under the data's order, matched by name: an image folder lists its
+    classes alphabetically, so fine-tuning Fashion-MNIST weights on Fashion-MNIST folders
+    trained class 0 ("T-shirt/top") as "Ankle boot" (its accuracy fell from 80% to 24%)."""
+    from ..data.datasets import match_class_names
+
+    theirs = list(getattr(model, "meta", {}).get("class_names") or [])
+    if not theirs or theirs == list(class_names):
+        return
+    order = match_class_names(class_names, theirs)
+    if None not in order and len(set(order)) == len(order):
+        model.reorder_classes(order)
+        say(f"note: the classifier of {source} was put in the data's class order (matched by name)")
+    else:
+        say(f"note: the data's class names differ from those of {source}; its classifier is kept, class by "
+            "index, as a starting point")
 
 
 def freeze_until(model: nn.Module, until: str | None) -> list[str]:
