@@ -235,6 +235,12 @@ def test_predict_matches_a_direct_forward_pass(tiny, tmp_path):
         assert result.labels == [META["class_names"][j] for j in top.indices[i].tolist()]
         assert result.probabilities == pytest.approx(top.values[i].tolist(), abs=1e-5)
         assert result.probabilities == sorted(result.probabilities, reverse=True)
+    # One path needs no list (a string was read character by character), and a folder means
+    # its image files, as on the command line (it was "a folder with no image files").
+    one = predict(path, paths[0], topk=3, device="cpu")
+    assert [r.path for r in one] == [str(paths[0])] and one[0].indices == results[0].indices
+    in_folder = predict(path, tmp_path, topk=3, device="cpu")
+    assert len(in_folder) >= 3 and all(r.path.startswith(str(tmp_path)) for r in in_folder)
 
 
 def test_bad_files_do_not_stop_the_others(tiny, tmp_path):

@@ -409,11 +409,16 @@ def predict_files(classifier: Classifier, paths: Iterable[str | os.PathLike], to
         yield from flush()
 
 
-def predict(weights: str | os.PathLike, images: Sequence[str | os.PathLike], topk: int = 5,
+def predict(weights: str | os.PathLike, images: str | os.PathLike | Sequence[str | os.PathLike], topk: int = 5,
             backend: str = "auto", device: str = "auto") -> list[Prediction]:
-    """Python API of `googlenet predict`: one Prediction per image path."""
+    """Python API of `googlenet predict`: one Prediction per image. `images` is one path or a
+    list of them; a folder stands for the image files directly in it, as on the command line."""
+    from .images import expand_folders
+
+    if isinstance(images, (str, os.PathLike)):  # one path, not a sequence of its characters
+        images = [images]
     classifier = load_classifier(weights, backend=backend, device=device)
-    return list(predict_files(classifier, images, topk=topk))
+    return list(predict_files(classifier, expand_folders([str(p) for p in images]), topk=topk))
 
 
 def format_prediction(prediction: Prediction) -> str:
