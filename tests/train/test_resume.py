@@ -72,6 +72,11 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path, fake_fmnist)
     assert "has finished" in again.stdout and "test accuracy" not in again.stdout
     assert "note: ignoring --epochs: a finished run is not changed" in again.stdout  # not dropped silently
     assert (whole / "model.safetensors").stat().st_mtime_ns == before
+    # With --nproc 2 too: it launched two processes that re-ran the final test and rewrote the files.
+    again = subprocess.run([sys.executable, "-m", "googlenet", "train", "--resume", str(whole), "--nproc", "2"],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "has finished" in again.stdout and "test accuracy" not in again.stdout
+    assert (whole / "model.safetensors").stat().st_mtime_ns == before
     # A run killed after its last checkpoint but before its final files still finishes.
     (broken / "errors.png").unlink()
     rerun = subprocess.run([sys.executable, "-m", "googlenet", "train", "--resume", str(broken)], env=env,

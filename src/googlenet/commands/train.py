@@ -129,24 +129,26 @@ def _refuse_busy_or_unstarted_run(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     _refuse_busy_or_unstarted_run(args)
-    if args.nproc is not None and args.nproc != 1:
-        return _launch(args)
     from ..train import checkpoint, distributed, resolve_config, train
     from ..train.distributed import distributed_session, env_world_size
-    from ..train.guard import StopRequested
-    from ..train.recipes import config_from_dict
 
-    config, notes = None, []
-    if args.resume and env_world_size() <= 1:
-        weights = checkpoint.finished_weights(args.resume)
-        if weights is not None:  # nothing left to train; re-running the final test would cost minutes
+    # Before any process starts (--nproc), and in every torchrun process alike (each reads the
+    # same files, so all stop here together): re-running a finished run's final test costs minutes.
+    if args.resume and (weights := checkpoint.finished_weights(args.resume)) is not None:
+        if distributed.env_rank() == 0:
             given = _flags_besides_resume(args)
             if given:
                 print(f"note: ignoring {' '.join(given)}: a finished run is not changed")
             print(f"{weights.parent} has finished: its model is {weights}; nothing to resume "
                   f"(test it again with `googlenet eval {weights}`, or train on from it in a new run "
                   f"with `googlenet train --weights {weights} --out NEW_RUN`)")
-            return 0
+        return 0
+    if args.nproc is not None and args.nproc != 1:
+        return _launch(args)
+    from ..train.guard import StopRequested
+    from ..train.recipes import config_from_dict
+
+    config, notes = None, []
     if not args.resume:
         flags = {k: getattr(args, k) for k in CONFIG_FLAGS}
         flags["tensorboard"] = args.tensorboard
