@@ -249,7 +249,7 @@ def test_eval_cli_json_and_text(weights_and_data, capsys):
     assert out["top1_error"] == pytest.approx(1 - out["top1"])
     assert cli_main(["eval", str(path), "--limit-test", "1", "--crops", "10", "--ensemble", str(path)]) == 0
     text = capsys.readouterr().out
-    assert "10 crops" in text and "ensemble of 2" in text and "relative to its shorter side" in text
+    assert "10 crops" in text and "ensemble of 2" in text and "the image and its mirror, 5 times each" in text
 
 
 def test_eval_picks_the_backend_by_suffix_and_an_ensemble_may_mix_them(weights_and_data, tmp_path, capsys):

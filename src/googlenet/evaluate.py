@@ -93,6 +93,9 @@ class CropPlan:
     def describe(self) -> str:
         if self.crops == 1:
             return f"1 crop: shorter side {self.resize}, centre {self.input_size}x{self.input_size}"
+        if self.crops == 10 and self.scales[0] == self.input_size:  # e.g. a 28-px model tested at 28 px
+            return (f"10 crops: shorter side {self.input_size}, where the 4 corners and the centre are all the "
+                    f"{self.input_size}x{self.input_size} centre crop: the image and its mirror, 5 times each")
         if self.crops == 10:
             text = (f"10 crops: shorter side {self.scales[0]}, 4 corners + centre at "
                     f"{self.input_size}x{self.input_size}, and their mirrors")
