@@ -239,6 +239,12 @@ def test_image_folder(tmp_path):
     assert "has no test/ or val/ folder" in str(info.value) and "does not exist" not in str(info.value)
 
 
+def test_a_split_given_as_the_data_folder_names_its_parent(tmp_path):
+    root = make_image_folder(tmp_path / "imgs")
+    with pytest.raises(UserError, match=rf"looks like a split itself: pass its parent, --data {root};"):
+        datasets.image_folder(root / "val", "val")
+
+
 def test_an_image_folder_of_empty_class_folders_is_a_short_line(tmp_path):
     """torchvision lists every class folder without images (a line of kilobytes for an empty
     ImageNet tree); the error keeps the count and the first three names."""

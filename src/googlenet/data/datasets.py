@@ -470,6 +470,8 @@ def image_folder(root: str | os.PathLike, split: str, transform=None, channels: 
     if folder is None:
         wanted = " or ".join(f"{c}/" for c in candidates)
         missing = "" if root.is_dir() else " (the folder itself does not exist)"
+        if root.name.lower() in ("train", "val", "test") and root.is_dir():  # --data DIR/test given
+            missing += f"; it looks like a split itself: pass its parent, --data {root.parent}"
         raise UserError(f"{root} has no {wanted} folder{missing}; an image-folder dataset is "
                         f"DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg")
     try:
