@@ -50,10 +50,14 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
+    @property
+    def commands(self) -> dict[str, "Parser"]:
+        """The subcommands' parsers by name ({} for a parser without subcommands)."""
+        return next((a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)), {})
+
     def command_parser(self, command: str | None) -> "Parser":
         """The subcommand's parser (this one for no command)."""
-        subparsers = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
-        return subparsers[0].choices.get(command, self) if subparsers and command else self
+        return self.commands.get(command, self) if command else self
 
     def unrecognized(self, extra: list[str]) -> None:
         """Error for arguments no option took, suggesting the closest flag of this parser."""
@@ -65,7 +69,7 @@ class Parser(argparse.ArgumentParser):
         self.error(f"unrecognized arguments: {' '.join(extra)}" + (f"; did you mean {', '.join(hints)}?" if hints else ""))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     parser = Parser(
         prog="googlenet",
         formatter_class=HelpFormatter,
@@ -138,12 +142,12 @@ def _signals_unwind(command: str):
             signal.signal(signum, handler)
 
 
-def _check_command_name(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+def _check_command_name(parser: Parser, argv: list[str]) -> None:
     """An unknown command: argparse lists all eight; say which one was probably meant."""
     import difflib
 
     first = next((a for a in argv if not a.startswith("-")), None)
-    commands = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+    commands = parser.commands
     if first is None or first in commands or any(a in ("-h", "--help", "--version") for a in argv[:argv.index(first)]):
         return
     close = difflib.get_close_matches(first, list(commands), n=1, cutoff=0.6)

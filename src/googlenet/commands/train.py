@@ -115,21 +115,9 @@ def _flags_besides_resume(args: argparse.Namespace) -> list[str]:
             if getattr(args, k, None) is not None] + (["--set"] if args.set else [])
 
 
-def _refuse_busy_or_unstarted_run(args: argparse.Namespace) -> None:
-    """Before any process starts (--nproc launches several): a run folder this command cannot
-    use, worded by what happened to it (train() checks the same for the Python API)."""
-    from ..train import guard
-    from ..train.distributed import env_world_size
-
-    folder = args.resume or args.out
-    if folder is not None and env_world_size() == 1:  # under torchrun, rank 0's own lock would count as another's
-        guard.refuse_unusable_run(folder, resume=bool(args.resume))
-
-
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    _refuse_busy_or_unstarted_run(args)
-    from ..train import checkpoint, distributed, resolve_config, train
+    from ..train import checkpoint, distributed, guard, resolve_config, train
     from ..train.distributed import distributed_session, env_world_size
 
     # Before any process starts (--nproc), and in every torchrun process alike (each reads the
@@ -144,8 +132,10 @@ def run(args: argparse.Namespace) -> int:
                   f"with `googlenet train --weights {weights} --out NEW_RUN`)")
         return 0
     if args.nproc is not None and args.nproc != 1:
+        # Said once, before any process starts (train() checks the same, in its main process).
+        if args.resume or args.out:
+            guard.refuse_unusable_run(args.resume or args.out, resume=bool(args.resume))
         return _launch(args)
-    from ..train.guard import StopRequested
     from ..train.recipes import config_from_dict
 
     config, notes = None, []
@@ -166,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
                 result = train(None, resume=args.resume, started_at=started, process=process)
             else:
                 result = train(config, out=args.out, started_at=started, process=process, notes=notes)
-    except StopRequested as stop:
+    except guard.StopRequested as stop:
         if distributed.report_stop(stop, distributed.env_rank()):  # `--nproc` says it once, with its exit code
             return 0
         raise
