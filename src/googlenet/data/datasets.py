@@ -119,7 +119,10 @@ def _cached(key_name: str, sources: list[Path], decode: Callable[[], tuple[torch
 
     from ..fileio import atomic_write
 
-    identity = "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sources)
+    try:
+        identity = "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sources)
+    except FileNotFoundError:  # a source is missing: decode() names it in its own words
+        return decode()
     digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
     path = cache_dir() / "datasets" / f"{key_name}-{digest}.safetensors"
     if path.is_file():
@@ -355,9 +358,6 @@ def _cifar(name: str, split: str, data_dir: str | os.PathLike | None) -> ArrayDa
     _, _, train_members, test_members, meta_member, labels_key, names_key = _CIFAR_LAYOUT[name]
     members = train_members if split == "train" else test_members
     sources = [source] if is_tar else [source / m for m in members]
-    for path in sources:  # named here, before the decode cache's key reads their sizes
-        if not path.is_file():
-            raise UserError(f"{path} is missing; re-extract the CIFAR archive")
 
     def decode() -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = [], []
