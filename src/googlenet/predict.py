@@ -263,7 +263,7 @@ RUNS = ".safetensors weights, a run folder, an .onnx file or an ncnn .param file
 
 def _our_model(weights: str | os.PathLike, backend: str) -> nn.Module:
     """load_weights, or one line that says which file predict and eval can run instead."""
-    from .models.weights import WeightsError, load_weights
+    from .models.weights import TAKES_WEIGHTS, WeightsError, load_weights
 
     path = Path(weights)
     graph = path.with_suffix(".param")
@@ -276,8 +276,7 @@ def _our_model(weights: str | os.PathLike, backend: str) -> nn.Module:
         if wrong_backend is not None:
             raise wrong_backend from None
         # load_weights speaks for every command; predict and eval run exports too
-        message = str(e).replace("this command takes .safetensors weights (the file it was exported from)",
-                                 f"predict and eval take {RUNS}")
+        message = str(e).replace(TAKES_WEIGHTS, f"predict and eval take {RUNS}")
         raise UserError(message) from None
 
 

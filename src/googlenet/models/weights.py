@@ -160,17 +160,17 @@ def _not_weights_message(path: Path, error: Exception) -> str:
 
 
 TEXT_SUFFIXES = (".yaml", ".yml", ".json", ".csv", ".txt", ".log", ".md")
+# What an export given as weights is told; predict/eval, which also run exports, say more instead.
+TAKES_WEIGHTS = "this command takes .safetensors weights (the file it was exported from)"
 
 
 def _other_output_message(path: Path) -> str | None:
     """The error for a file that is one of googlenet's other outputs given where weights go: the
     generic "not a safetensors file" would send a user with a run's checkpoint to import-torchvision."""
     if path.suffix.lower() == ".onnx":
-        return (f"{path} is already an ONNX export; this command takes .safetensors weights "
-                "(the file it was exported from)")
+        return f"{path} is already an ONNX export; {TAKES_WEIGHTS}"
     if path.suffix.lower() == ".param" or (path.suffix.lower() == ".bin" and path.with_suffix(".param").is_file()):
-        return (f"{path} is part of an ncnn export; this command takes .safetensors weights "
-                "(the file it was exported from)")
+        return f"{path} is part of an ncnn export; {TAKES_WEIGHTS}"
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
@@ -180,8 +180,7 @@ def _other_output_message(path: Path) -> str | None:
     except (OSError, zipfile.BadZipFile):
         return None
     if any(name.endswith("extra/googlenet_meta.json") for name in names):  # export.TORCHSCRIPT_META_FILE
-        return (f"{path} is a TorchScript export (for C++/mobile deployment); this command takes "
-                ".safetensors weights (the file it was exported from)")
+        return f"{path} is a TorchScript export (for C++/mobile deployment); {TAKES_WEIGHTS}"
     if any(name.endswith("data.pkl") for name in names) and _is_training_checkpoint(path):
         weights = path.parent / RUN_WEIGHTS
         if weights.is_file():
