@@ -22,6 +22,17 @@ def _command(data: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "googlenet", "train", "--data", str(data), *TINY, *extra]
 
 
+def _kill_once_written(command: list[str], env: dict, path: Path) -> None:
+    """Start `command` and SIGKILL it as soon as `path` exists (within 5 minutes)."""
+    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not path.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+
+
 def _env(tmp_path: Path) -> dict:
     # One thread in every run: the same reduction order, so bit-identical results.
     return {**os.environ, "OMP_NUM_THREADS": "1", "GOOGLENET_CACHE": str(tmp_path / "cache"),
@@ -35,14 +46,7 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path, fake_fmnist)
     done = subprocess.run(_command(data, "--out", str(whole)), env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]  # the reason, if it fails (it once did, once, in a full run)
 
-    child = subprocess.Popen(_command(data, "--out", str(broken)), env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (broken / "last.pt").exists() and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    assert child.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    _kill_once_written(_command(data, "--out", str(broken)), env, broken / "last.pt")
     saved = torch.load(broken / "last.pt", weights_only=True)
     if saved["epoch"] != 1:
         pytest.fail(f"the kill came late (checkpoint of epoch {saved['epoch']}); the test needs a slower epoch 2")
@@ -96,14 +100,7 @@ def test_a_run_killed_before_its_first_checkpoint_says_how_to_start_it_again(tmp
     data = fake_fmnist(tmp_path / "fm", n_train=96, n_test=32)
     env = _env(tmp_path)
     run = tmp_path / "run"
-    child = subprocess.Popen(_command(data, "--out", str(run), "--epochs", "1"), env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (run / "config.yaml").exists() and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    assert child.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    _kill_once_written(_command(data, "--out", str(run), "--epochs", "1"), env, run / "config.yaml")
     if (run / "last.pt").exists():
         pytest.fail("the kill came after the first checkpoint; the test needs a slower first epoch")
 
