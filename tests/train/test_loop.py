@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import re
 import time
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -387,7 +388,7 @@ def test_budget_replan_after_epoch_2_refits_steps_and_merges_epochs_when_checkpo
     """After epoch 2 a budget run refits the rest from what it measured. Here an epoch's test
     and checkpoint cost 3 s (the first plan could not know): 8 more epochs would spend 24 s of
     the 71 s left on them, so 3 longer epochs remain (<= 15% of the time left), and the steps
-    grow to the +25% cap because steps turned out cheaper (0.5 s) than planned."""
+    grow to the +50% cap because steps turned out much cheaper (0.3 s) than planned."""
     from types import SimpleNamespace
 
     from googlenet.train import loop
@@ -399,10 +400,10 @@ def test_budget_replan_after_epoch_2_refits_steps_and_merges_epochs_when_checkpo
         elapsed=lambda: 20.0, _final_eval_s=lambda: 2.0, process=Process(), say=said.append,
         schedule=LRSchedule(resolve_config(), total_steps=100, steps_per_epoch=10))
     lr_factors = [trainer.schedule(step) for step in range(18, 23)]
-    loop.Trainer._replan_budget(trainer, train_s=5.0, cycle_overhead_s=3.0)
-    # time left 100 - 20 - 2 - 7 (margin) = 71 s; 3 epochs x 3 s; (71 - 9) / 0.5 = 124 steps -> capped at 125
-    assert (trainer.plan.epochs, trainer.plan.total_steps) == (5, 125)
-    assert trainer.plan.epoch_ends == [10, 20, 55, 90, 125] and trainer.schedule.total_steps == 125
+    loop.Trainer._replan_budget(trainer, train_s=3.0, cycle_overhead_s=3.0)
+    # time left 100 - 20 - 2 - 7 (margin) = 71 s; 3 epochs x 3 s; (71 - 9) / 0.3 = 206 steps -> capped at 150
+    assert (trainer.plan.epochs, trainer.plan.total_steps) == (5, 150)
+    assert trainer.plan.epoch_ends == [10, 20, 63, 107, 150] and trainer.schedule.total_steps == 150
     assert "re-planned after epoch 2" in said[0] and "(planned 100 in 10)" in said[0]
     # warm-up still ends at step 20: no jump in the learning rate around the re-plan (step 20)
     assert trainer.plan.warmup_steps == 20
@@ -415,6 +416,37 @@ def test_budget_replan_after_epoch_2_refits_steps_and_merges_epochs_when_checkpo
     # time left 71 s, 8 epochs x 0.2 s: 69.4 s for 80 more steps of 0.8675 s, as planned
     loop.Trainer._replan_budget(on_course, train_s=10 * 0.8675, cycle_overhead_s=0.2)
     assert on_course.plan.total_steps == 100 and on_course.plan.epochs == 10 and len(said) == 1
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+@pytest.mark.parametrize("measured_step_s", [0.5, 1.6])  # cheaper than planned: more steps; dearer: fewer
+def test_a_replan_during_the_decay_keeps_the_learning_rate_and_stretches_the_rest(schedule, measured_step_s):
+    """A re-plan past warm-up changes the total steps; the rate at the re-plan's step stays what
+    it was (no jump), then decays smoothly (never rises) to the same final rate at the new end."""
+    from types import SimpleNamespace
+
+    from googlenet.train import loop
+
+    config = resolve_config(flags={"schedule": schedule, "warmup": 0.1})
+    plan = loop.Plan(10, 100, [10 * (e + 1) for e in range(10)], None, 10.0)
+    trainer = SimpleNamespace(
+        config=SimpleNamespace(budget="100s", budget_seconds=lambda: 100.0, warmup=0.1), plan=plan, epoch=2,
+        step=20, elapsed=lambda: 20.0, _final_eval_s=lambda: 2.0, process=Process(), say=lambda line: None,
+        schedule=LRSchedule(config, total_steps=100, steps_per_epoch=10))
+    before = trainer.schedule(20)
+    final = trainer.schedule(100)
+    loop.Trainer._replan_budget(trainer, train_s=10 * measured_step_s, cycle_overhead_s=0.0)
+    total = trainer.plan.total_steps
+    assert total != 100 and (total > 100) == (measured_step_s < 0.8)
+    assert trainer.plan.decay_resumed_at == 20 and trainer.plan.decay_progress_then == pytest.approx(10 / 90)
+    factors = [trainer.schedule(step) for step in range(20, total + 1)]
+    assert factors[0] == pytest.approx(before, abs=1e-12)
+    assert all(b <= a + 1e-12 for a, b in zip(factors, factors[1:]))
+    assert factors[-1] == pytest.approx(final, abs=1e-12)
+    # A resumed run rebuilds its schedule from the saved plan and computes the same rates.
+    rebuilt = LRSchedule(config, total_steps=10 ** 9, steps_per_epoch=10)
+    rebuilt.follow(loop.Plan(**asdict(trainer.plan)))  # as a checkpoint stores and restores it
+    assert [rebuilt(step) for step in range(20, total + 1)] == factors
 
 
 def test_the_python_api_names_a_busy_or_unstarted_run_folder_as_the_cli_does(fmnist_dir, tmp_path):

@@ -36,6 +36,8 @@ class Plan:
     steps_per_epoch: float  # one pass over the data, for the step schedule
     light_augment: bool = False  # a budget too short to see every image once: flips only
     warmup_steps: float | None = None  # set by a budget re-plan: where warm-up ends (else a share of the total)
+    decay_resumed_at: int | None = None  # set by a re-plan after warm-up: the step the decay was stretched from
+    decay_progress_then: float = 0.0  # ... and how far the decay was there (see LRSchedule)
 
     @staticmethod
     def fixed(epochs: int, steps_per_epoch: int, eval_subset: int | None) -> "Plan":
@@ -114,9 +116,10 @@ class BudgetPlanning:
         measured: that epoch's steady step time and what an epoch's test, log and checkpoint
         really cost (the first plan could only guess those). Where those would eat more than
         PER_EPOCH_SHARE of the time left, fewer, longer epochs. The total steps move by at most
-        -50% / +25% and warm-up keeps its end step, so the learning rate does not jump (it is
-        still warming up, or a few steps into its decay). Augmentation and the per-epoch test
-        subset stay as first planned."""
+        -50% / +50% (the first plan's few timed steps ran up to a third slower than an
+        epoch's on a 2-core CPU). The learning rate does not jump: warm-up keeps its end step, and a decay
+        already under way goes on from where it is, stretched or squeezed over the new rest.
+        Augmentation and the per-epoch test subset stay as first planned."""
         c, plan = self.config, self.plan
         budget = c.budget_seconds()
         step_s = train_s / max(1, plan.epoch_ends[self.epoch - 1] - plan.epoch_ends[self.epoch - 2])
@@ -126,7 +129,7 @@ class BudgetPlanning:
             epochs_left = max(1, min(epochs_left, int(PER_EPOCH_SHARE * time_left / cycle_overhead_s)))
         remaining = time_left - epochs_left * cycle_overhead_s
         wanted = self.step + int(max(0.0, remaining) / max(step_s, 1e-9))
-        total = min(max(wanted, plan.total_steps // 2, self.step + epochs_left), plan.total_steps * 5 // 4)
+        total = min(max(wanted, plan.total_steps // 2, self.step + epochs_left), plan.total_steps * 3 // 2)
         total, epochs_left = self.process.broadcast_object((total, epochs_left))  # rank 0's timing for all
         if epochs_left == plan.epochs - self.epoch and abs(total - plan.total_steps) <= 0.02 * plan.total_steps:
             return  # on course
@@ -135,10 +138,14 @@ class BudgetPlanning:
         self.say(f"budget {duration_label(c.budget)}: re-planned after epoch {self.epoch}: {step_s:.3f} s/step and "
                  f"{cycle_overhead_s:.2f} s of test and checkpoint per epoch -> {total} steps in "
                  f"{self.epoch + epochs_left} epochs (planned {plan.total_steps} in {plan.epochs})")
-        warmup_steps = plan.warmup_steps if plan.warmup_steps is not None else c.warmup * plan.total_steps
+        warmup_steps = self.schedule.warmup_end()  # fixed from here on
+        resumed_at, progress_then = plan.decay_resumed_at, plan.decay_progress_then
+        if self.step > warmup_steps:  # decaying: go on from here (a warm-up still under way just ends as planned)
+            resumed_at, progress_then = self.step, self.schedule.decay_progress(self.step)
         self.plan = replace(plan, epochs=self.epoch + epochs_left, total_steps=total, epoch_ends=ends,
-                            warmup_steps=warmup_steps)
-        self.schedule.total_steps, self.schedule.warmup_steps = total, warmup_steps
+                            warmup_steps=warmup_steps, decay_resumed_at=resumed_at,
+                            decay_progress_then=progress_then)
+        self.schedule.follow(self.plan)
 
     def _calibrate(self, steps: int, budget: float) -> float:
         """Seconds per step from up to `steps` real training steps (the first call per setting is warm-up).

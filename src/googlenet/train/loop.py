@@ -236,9 +236,7 @@ class Trainer(BudgetPlanning):
                 self.plan = self._plan_budget() if c.budget else Plan.fixed(
                     c.epochs, self.train_loader.steps_per_epoch, c.eval_subset)
                 self.plan = self.process.broadcast_object(self.plan)  # every rank takes rank 0's timing
-            self.schedule.total_steps = self.plan.total_steps
-            self.schedule.steps_per_epoch = self.plan.steps_per_epoch
-            self.schedule.warmup_steps = self.plan.warmup_steps
+            self.schedule.follow(self.plan)
             self._apply_light_augment()
             while self.epoch < self.plan.epochs:
                 final = self._run_epoch()

@@ -256,6 +256,11 @@ class LRSchedule:
         self.steps_per_epoch = float(steps_per_epoch)
         self.warmup = float(config.warmup)
         self.warmup_steps: float | None = None  # set: warm-up ends at this step whatever total_steps is
+        # Set by a budget re-plan after warm-up: from `decay_resumed_at` on, the decay goes on from
+        # the progress it had reached there (`decay_progress_then`) and ends at total_steps, so a
+        # longer or shorter plan stretches the rest of the decay instead of moving the rate.
+        self.decay_resumed_at: int | None = None
+        self.decay_progress_then = 0.0
         self.final = float(config.final_lr_scale)
         self.every = float(config.step_every)
         self.gamma = float(config.step_gamma)
@@ -263,13 +268,31 @@ class LRSchedule:
     def __call__(self, step: int) -> float:
         if self.kind == "step":
             return self.gamma ** math.floor(step / (self.steps_per_epoch * self.every))
-        warm = self.warmup * self.total_steps if self.warmup_steps is None else self.warmup_steps
+        warm = self.warmup_end()
         if step < warm:
             return 0.04 + 0.96 * step / warm
-        progress = min(1.0, (step - warm) / max(1.0, self.total_steps - warm))
+        progress = self.decay_progress(step)
         if self.kind == "cosine":
             return self.final + (1 - self.final) * 0.5 * (1 + math.cos(math.pi * progress))
         return 1.0 + (self.final - 1.0) * progress
+
+    def follow(self, plan) -> None:
+        """Take a run's plan (train.budget.Plan): its total steps, pass length, warm-up end and
+        where a re-plan stretched the decay. Called when a run starts or resumes and at a re-plan."""
+        self.total_steps, self.steps_per_epoch = plan.total_steps, plan.steps_per_epoch
+        self.warmup_steps = plan.warmup_steps
+        self.decay_resumed_at, self.decay_progress_then = plan.decay_resumed_at, plan.decay_progress_then
+
+    def warmup_end(self) -> float:
+        return self.warmup * self.total_steps if self.warmup_steps is None else self.warmup_steps
+
+    def decay_progress(self, step: int) -> float:
+        """How far the decay after warm-up is at `step`: 0 at its start, 1 at total_steps."""
+        if self.decay_resumed_at is not None and step >= self.decay_resumed_at:
+            start, done = self.decay_resumed_at, self.decay_progress_then
+        else:
+            start, done = self.warmup_end(), 0.0
+        return min(1.0, max(0.0, done + (1.0 - done) * (step - start) / max(1.0, self.total_steps - start)))
 
 
 # ------------------------------------------------------------------ precision
