@@ -117,9 +117,9 @@ class BudgetPlanning:
         really cost (the first plan could only guess those). Where those would eat more than
         PER_EPOCH_SHARE of the time left, fewer, longer epochs. The total steps move by at most
         -50% / +50% (the first plan's few timed steps ran up to a third slower than an
-        epoch's on a 2-core CPU). The learning rate does not jump: warm-up keeps its end step, and a decay
-        already under way goes on from where it is, stretched or squeezed over the new rest.
-        Augmentation and the per-epoch test subset stay as first planned."""
+        epoch's on a 2-core CPU). The learning rate does not jump: warm-up keeps its end step,
+        and a decay already under way goes on from where it is, stretched or squeezed over the
+        new rest. Augmentation and the per-epoch test subset stay as first planned."""
         c, plan = self.config, self.plan
         budget = c.budget_seconds()
         step_s = train_s / max(1, plan.epoch_ends[self.epoch - 1] - plan.epoch_ends[self.epoch - 2])
